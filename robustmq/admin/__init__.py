@@ -1,0 +1,3 @@
+"""
+The admin HTTP service: health, metrics and the connections API.
+"""

@@ -1,0 +1,327 @@
+# -*- test-case-name: tests.test_network -*-
+"""
+The base of every client connection: bounded framing parsed from an offset,
+registration in the connection manager, idle timeout and back-pressure.
+
+A protocol subclasses L{FramedProtocol} and implements L{frame_length} and
+L{frame_received}; its factory subclasses L{BrokerFactory}.
+"""
+
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+
+class FrameError(Exception):
+    """
+    The bytes received cannot be framed: the connection is closed.
+    """
+
+
+@implementer(IPushProducer)
+class FramedProtocol(Protocol):
+    """
+    One client connection.
+
+    Subclasses implement:
+      - C{frame_length(buf, offset)}: the total length of the frame starting
+        at C{offset}, or L{None} while its header is incomplete; raise
+        L{FrameError} (or a protocol error) when it is malformed.
+      - C{frame_received(buf, start, end)}: one complete frame. C{buf} is
+        reused after the call: copy what must be kept.
+    and may override C{frame_error(exc)}, C{frame_too_large(length)},
+    C{idle_timeout()}, C{outbound_overflow()}, C{close_gracefully()} and
+    C{connection_closed(reason)}.
+
+    @ivar info: the L{robustmq.connections.ConnectionInfo} of this connection.
+    @ivar output_paused: the client does not read fast enough; the transport
+        buffer is full. Writes still work, but count toward
+        C{outbound_buffer_bytes}.
+    """
+
+    log = Logger()
+    info = None
+    closing = False
+    output_paused = False
+
+    def connectionMade(self):
+        f = self.factory
+        self.reactor = f.reactor
+        network = f.network
+        self.max_frame_bytes = network.max_frame_bytes
+        self.outbound_limit = network.outbound_buffer_bytes
+        self._buf = None
+        self._paused_out = 0
+        self._read_pauses = set()
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", None) or str(peer)
+        port = getattr(peer, "port", None)
+        self.peer_host = host
+        self.peer = "{}:{}".format(host, port) if port is not None else host
+        self.info = f.connections.register(
+            self, f.protocol_name, f.listener, self.peer, host,
+            ISSLTransport.providedBy(self.transport),
+        )
+        self.transport.registerProducer(self, True)
+        self.set_idle_timeout(network.idle_timeout_s)
+
+    # framing
+
+    def dataReceived(self, data):
+        info = self.info
+        info.bytes_in += len(data)
+        self._last_in = self.reactor.seconds()
+        if self.closing:
+            return
+        buf = self._buf
+        if buf:
+            buf += data
+        else:
+            buf = data
+        end = len(buf)
+        offset = 0
+        frames = 0
+        max_frame = self.max_frame_bytes
+        try:
+            while offset < end:
+                length = self.frame_length(buf, offset)
+                if length is None:
+                    break
+                if length > max_frame:
+                    info.messages_in += frames
+                    self.frame_too_large(length)
+                    return
+                stop = offset + length
+                if stop > end:
+                    break
+                frames += 1
+                self.frame_received(buf, offset, stop)
+                offset = stop
+                if self.closing:
+                    break
+        except Exception as e:
+            info.messages_in += frames
+            self.frame_error(e)
+            return
+        info.messages_in += frames
+        if offset == end:
+            self._buf = None
+        elif buf is data:
+            self._buf = bytearray(memoryview(data)[offset:])
+        else:
+            del buf[:offset]
+            self._buf = buf
+
+    def frame_length(self, buf, offset):
+        raise NotImplementedError()
+
+    def frame_received(self, buf, start, end):
+        raise NotImplementedError()
+
+    def frame_error(self, exc):
+        """
+        The input is malformed. Logs and drops the connection; protocols
+        override to send their error first.
+        """
+        if isinstance(exc, FrameError):
+            self.log.warn(
+                "{protocol} {peer}: closing on malformed input: {error}",
+                protocol=self.factory.protocol_name, peer=self.peer, error=exc,
+            )
+        else:
+            self.log.failure(
+                "{protocol} {peer}: closing after an unexpected error",
+                protocol=self.factory.protocol_name, peer=self.peer,
+            )
+        self.abort_connection("malformed input")
+
+    def frame_too_large(self, length):
+        self.log.warn(
+            "{protocol} {peer}: closing: frame of {length} bytes over the limit of {limit}",
+            protocol=self.factory.protocol_name, peer=self.peer, length=length,
+            limit=self.max_frame_bytes,
+        )
+        self.abort_connection("frame too large")
+
+    # output
+
+    def send(self, data):
+        """
+        Write one frame (bytes) to the client.
+        """
+        info = self.info
+        info.bytes_out += len(data)
+        info.messages_out += 1
+        if self.output_paused:
+            self._paused_out += len(data)
+            if self._paused_out > self.outbound_limit:
+                self.outbound_overflow()
+                return
+        self.transport.write(data)
+
+    def send_sequence(self, chunks, frames=1):
+        """
+        Write C{frames} frames given as a list of byte strings.
+        """
+        size = 0
+        for c in chunks:
+            size += len(c)
+        info = self.info
+        info.bytes_out += size
+        info.messages_out += frames
+        if self.output_paused:
+            self._paused_out += size
+            if self._paused_out > self.outbound_limit:
+                self.outbound_overflow()
+                return
+        self.transport.writeSequence(chunks)
+
+    def outbound_overflow(self):
+        """
+        More than C{outbound_buffer_bytes} waits for a client that does not
+        read. Drops the connection; protocols may override to drop messages.
+        """
+        self.log.warn(
+            "{protocol} {peer}: closing: over {limit} bytes wait for a client that does not read",
+            protocol=self.factory.protocol_name, peer=self.peer, limit=self.outbound_limit,
+        )
+        self.abort_connection("outbound buffer full")
+
+    # back-pressure: we are the producer registered with our own transport
+
+    def pauseProducing(self):
+        self.output_paused = True
+        self.pause_reading("output")
+
+    def resumeProducing(self):
+        self.output_paused = False
+        self._paused_out = 0
+        self.resume_reading("output")
+
+    def stopProducing(self):
+        pass
+
+    def pause_reading(self, reason):
+        """
+        Stop reading from the client until L{resume_reading} with the same reason.
+        """
+        if not self._read_pauses:
+            self.transport.pauseProducing()
+        self._read_pauses.add(reason)
+
+    def resume_reading(self, reason):
+        if reason in self._read_pauses:
+            self._read_pauses.discard(reason)
+            if not self._read_pauses and not self.closing:
+                self.transport.resumeProducing()
+
+    # idle timeout
+
+    def set_idle_timeout(self, seconds):
+        """
+        Close the connection when nothing is received for C{seconds}
+        (0 = never). Checked by one timer per connection, never reset per read.
+        """
+        self.idle_timeout_s = seconds
+        self._last_in = self.reactor.seconds()
+        timer = getattr(self, "_idle_timer", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._idle_timer = None
+        if seconds and seconds > 0:
+            self._idle_timer = self.reactor.callLater(seconds, self._check_idle)
+
+    def _check_idle(self):
+        self._idle_timer = None
+        if self.closing or self.info is None:
+            return
+        now = self.reactor.seconds()
+        due = self._last_in + self.idle_timeout_s
+        if now >= due:
+            self.idle_timeout()
+        else:
+            self._idle_timer = self.reactor.callLater(due - now, self._check_idle)
+
+    def idle_timeout(self):
+        self.log.info(
+            "{protocol} {peer}: closing: nothing received for {seconds} s",
+            protocol=self.factory.protocol_name, peer=self.peer, seconds=self.idle_timeout_s,
+        )
+        self.abort_connection("idle")
+
+    # closing
+
+    def close_gracefully(self):
+        """
+        Say goodbye the protocol's way and close. The base only closes once
+        the output buffer is written.
+        """
+        self.closing = True
+        self.transport.loseConnection()
+
+    def abort_connection(self, reason):
+        """
+        Drop the connection now, whatever is left to write.
+        """
+        self.closing = True
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self.closing = True
+        timer = getattr(self, "_idle_timer", None)
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._idle_timer = None
+        self._buf = None
+        info = self.info
+        if info is not None:
+            try:
+                self.connection_closed(reason)
+            finally:
+                self.factory.connections.unregister(info)
+
+    def connection_closed(self, reason):
+        """
+        Protocol clean-up after the connection is gone.
+        """
+
+
+class BrokerFactory(Factory):
+    """
+    Builds the connections of one listener of one protocol.
+
+    @ivar params: the protocol's Params.
+    @ivar listener: the endpoint string of the listener.
+    @ivar websocket_subprotocols: what a C{ws:}/C{wss:} listener negotiates.
+    @ivar websocket_default_path: the WebSocket path when C{path=} is not given.
+    """
+
+    log = Logger()
+    protocol = FramedProtocol
+    protocol_name = "base"
+    websocket_subprotocols = ()
+    websocket_default_path = "/"
+
+    def __init__(self, params, listener):
+        self.params = params
+        self.listener = listener
+        self.reactor = params.reactor
+        self.network = params.config.network
+        self.connections = params.connections
+        self.metrics = params.metrics
+        self.max_frame_bytes = self.network.max_frame_bytes
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None) or str(addr)
+        refused = self.connections.admit(self.protocol_name, self.listener, host)
+        if refused is not None:
+            self.metrics.connection_rejected(self.protocol_name, refused)
+            self.log.info(
+                "{protocol} {listener}: refused connection from {host}: {reason}",
+                protocol=self.protocol_name, listener=self.listener, host=host, reason=refused,
+            )
+            return None
+        p = self.protocol()
+        p.factory = self
+        return p

@@ -1,0 +1,129 @@
+"""
+Tests for L{robustmq.security}: password files and ACL rules.
+"""
+
+import hashlib
+import base64
+
+from attrs import frozen
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from robustmq.interfaces import IAuthenticator, IAuthorizer
+from robustmq.security import (
+    Authenticator, Authorizer, PasswordFileError, filter_covers, hash_password,
+    parse_password_file, topic_matches, verify_password,
+)
+
+
+@frozen
+class Rule:
+    permission: str
+    action: str
+    topic: str
+    user: str = None
+    client_id: str = None
+    ip: str = None
+
+
+class PasswordTests(TestCase):
+    def test_pbkdf2(self):
+        encoded = hash_password("s3cret", iterations=100)
+        self.assertTrue(encoded.startswith("$7$100$"))
+        self.assertTrue(verify_password("s3cret", encoded))
+        self.assertFalse(verify_password("wrong", encoded))
+
+    def test_known_vector(self):
+        """
+        The C{$7$} format is PBKDF2-HMAC-SHA512 over the base64 salt, as
+        C{mosquitto_passwd} writes it; C{$6$} is SHA-512 of password + salt.
+        """
+        salt = b"0123456789ab"
+        digest = hashlib.pbkdf2_hmac("sha512", b"pw", salt, 101)
+        line = "$7$101${}${}".format(base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+        self.assertTrue(verify_password("pw", line))
+        sha = hashlib.sha512(b"pw" + salt).digest()
+        six = "$6${}${}".format(base64.b64encode(salt).decode(), base64.b64encode(sha).decode())
+        self.assertTrue(verify_password("pw", six))
+        self.assertFalse(verify_password("pw", "$6$!!$!!"))
+        self.assertFalse(verify_password("pw", "plain"))
+
+    def test_file(self):
+        text = "# users\nalice:{}\n\nbob:{}\n".format(
+            hash_password("a", iterations=10), hash_password("b", iterations=10)
+        )
+        users = parse_password_file(text)
+        self.assertEqual(sorted(users), ["alice", "bob"])
+        auth = Authenticator(users, allow_anonymous=False)
+        verifyObject(IAuthenticator, auth)
+        self.assertTrue(auth.authenticate("alice", "a"))
+        self.assertTrue(auth.authenticate("alice", b"a"))
+        self.assertTrue(auth.authenticate("alice", "a"))
+        self.assertFalse(auth.authenticate("alice", "b"))
+        self.assertFalse(auth.authenticate("carol", "a"))
+        self.assertFalse(auth.authenticate("alice", None))
+        self.assertTrue(auth.user_exists("bob"))
+        self.assertFalse(auth.allow_anonymous)
+
+    def test_bad_file(self):
+        e = self.assertRaises(PasswordFileError, parse_password_file, "ok\nx:$9$a\n", "pw.txt")
+        self.assertIn("pw.txt:1", str(e))
+        self.assertIn("pw.txt:2", str(e))
+
+
+class TopicTests(TestCase):
+    def test_matches(self):
+        cases = [
+            ("a/b", "a/b", True), ("a/+", "a/b", True), ("a/+", "a/b/c", False),
+            ("a/#", "a", True), ("a/#", "a/b/c", True), ("#", "a/b", True),
+            ("+/+", "/x", True), ("#", "$SYS/x", False), ("+/x", "$SYS/x", False),
+            ("$SYS/#", "$SYS/x", True), ("a/b", "a/c", False), ("+", "a/b", False),
+        ]
+        for f, t, want in cases:
+            self.assertEqual(topic_matches(f, t), want, (f, t))
+
+    def test_covers(self):
+        cases = [
+            ("a/#", "a/+/b", True), ("a/#", "#", False), ("a/+", "a/b", True),
+            ("a/+", "a/+", True), ("a/b", "a/+", False), ("a/+", "a/#", False),
+            ("#", "$SYS/#", False), ("#", "x/#", True),
+        ]
+        for rule, req, want in cases:
+            self.assertEqual(filter_covers(rule, req), want, (rule, req))
+
+
+class AuthorizerTests(TestCase):
+    def test_first_match_wins(self):
+        a = Authorizer([
+            Rule("deny", "publish", "secret/#"),
+            Rule("allow", "all", "#"),
+        ], "deny")
+        verifyObject(IAuthorizer, a)
+        self.assertFalse(a.check("publish", "secret/x"))
+        self.assertTrue(a.check("subscribe", "secret/x"))
+        self.assertTrue(a.check("publish", "open"))
+
+    def test_default(self):
+        self.assertTrue(Authorizer([], "allow").check("publish", "x"))
+        self.assertFalse(Authorizer([], "deny").check("publish", "x"))
+        self.assertFalse(Authorizer([Rule("allow", "publish", "a")], "deny").check("publish", "b"))
+
+    def test_placeholders_and_conditions(self):
+        a = Authorizer([
+            Rule("allow", "all", "users/%u/#"),
+            Rule("allow", "publish", "clients/%c"),
+            Rule("allow", "subscribe", "admin/#", user="root"),
+            Rule("allow", "publish", "lan/#", ip="10.0.0.0/8"),
+            Rule("allow", "publish", "dev/#", client_id="dev1"),
+        ], "deny")
+        self.assertTrue(a.check("publish", "users/ann/x", user="ann"))
+        self.assertFalse(a.check("publish", "users/ann/x", user="bob"))
+        self.assertFalse(a.check("publish", "users//x"))
+        self.assertTrue(a.check("publish", "clients/c1", client_id="c1"))
+        self.assertTrue(a.check("subscribe", "admin/+", user="root"))
+        self.assertFalse(a.check("subscribe", "admin/+", user="ann"))
+        self.assertTrue(a.check("publish", "lan/a", ip="10.1.2.3"))
+        self.assertFalse(a.check("publish", "lan/a", ip="192.168.1.1"))
+        self.assertFalse(a.check("publish", "lan/a", ip=None))
+        self.assertTrue(a.check("publish", "dev/x", client_id="dev1"))
+        self.assertFalse(a.check("publish", "dev/x", client_id="dev2"))
