@@ -86,7 +86,7 @@ class ConnectionManager:
 
     def admit(self, protocol_name, listener, peer_host):
         if not self.accepting:
-            return "shutting_down"
+            return "not_accepting"
         if self.max_connections and len(self._conns) >= self.max_connections:
             return "max_connections"
         limit, rate, burst = self._listener_limits.get(listener, (0, 0.0, 1.0))

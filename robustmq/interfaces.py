@@ -21,7 +21,7 @@ class IConnectionManager(Interface):
 
         @return: L{None} when admitted, else a short reason string
             (C{"max_connections"}, C{"listener_max_connections"},
-            C{"connect_rate"}, C{"shutting_down"}).
+            C{"connect_rate"}, C{"not_accepting"} while starting or stopping).
         """
 
     def register(conn, protocol_name, listener, peer, peer_host, tls):

@@ -8,6 +8,7 @@ import sys
 from twisted.python import usage
 
 from robustmq.config import ConfigError, load_config
+from robustmq.logs import observer_factory
 from robustmq.network.service import ListenError
 from robustmq.server import BrokerServer
 
@@ -36,6 +37,9 @@ class Options(usage.Options):
                 sys.stderr.write(line + "\n")
             sys.stderr.flush()
             raise SystemExit(2)
+        parent = getattr(self, "parent", None)
+        if parent is not None and not parent.get("logger"):
+            parent["logger"] = observer_factory(self.broker_config.log, parent)
 
 
 class TwistdBrokerServer(BrokerServer):

@@ -38,7 +38,7 @@ class ListenerService(Service):
     """
     Listens on one endpoint string. Binding happens in
     C{privilegedStartService} and is synchronous for every endpoint kind the
-    broker ships (tcp, ssl, tls, unix, ws, wss), so a port already in use
+    broker ships (tcp, ssl, mtls, unix, ws, wss), so a port already in use
     stops startup before the broker runs.
 
     @ivar key: the config key path of this listener, for error messages.

@@ -1,0 +1,1107 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+The broker's configuration: one TOML file parsed into frozen, typed objects.
+
+The schema is declared once, by the attrs classes at the end of this module.
+Every field carries a L{Setting} in its metadata (its kind, which knows the
+type and the allowed values, and a one-line doc); the field default is the
+default value. Parsing, validation, the embedded default file
+L{DEFAULT_CONFIG_TOML} and L{iter_fields} (which the documentation test
+walks) all read that one declaration, so:
+
+  - a new key is one C{setting(...)} line in its section class;
+  - a new section is one class plus one C{section(...)} line in its parent;
+  - a new protocol runtime (same shape as C{mqtt_runtime}) is one
+    C{section(RuntimeConfig, ...)} line in L{Config}; a runtime that needs
+    keys of its own gets a subclass of L{RuntimeConfig}.
+
+The whole file is validated before anything is built or bound and every
+problem is reported at once, as lines of the form
+C{config error: <key path>: <what is wrong>}, in L{ConfigError.problems}.
+"""
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import sys
+import textwrap
+import tomllib
+
+from attrs import NOTHING, Factory, field, fields, frozen
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+__all__ = [
+    "AclRule",
+    "AdminConfig",
+    "Config",
+    "ConfigError",
+    "DEFAULT_CONFIG_TOML",
+    "FieldInfo",
+    "LogConfig",
+    "NetworkConfig",
+    "NodeConfig",
+    "RuntimeConfig",
+    "SecurityConfig",
+    "StorageConfig",
+    "iter_fields",
+    "load_config",
+    "parse_config",
+    "split_endpoint",
+]
+
+_META = "robustmq.config"
+
+# Endpoint string arguments that name files read when the listener is built.
+_TLS_FILE_KEYS = ("privateKey", "certKey", "caCerts", "extraCertChain", "dhParameters")
+
+# Endpoint types that listen on a TCP port: the index of the positional
+# argument that holds the port (None: only port=) and the default port.
+# Twisted's own tls: takes a directory of PEM files first and port= after.
+_TCP_PORTS = {
+    "tcp": (0, None),
+    "tcp6": (0, None),
+    "ssl": (0, None),
+    "mtls": (0, None),
+    "ws": (0, None),
+    "wss": (0, None),
+    "tls": (None, "443"),
+}
+
+
+class ConfigError(Exception):
+    """
+    The configuration is not valid.
+
+    @ivar problems: every problem found, each a full line
+        C{config error: <key path>: <what is wrong>}.
+    @type problems: L{list} of L{str}
+    """
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class _Bad:
+    """
+    Marker of a value that failed validation (its problem is recorded).
+    """
+
+    def __repr__(self):
+        return "<invalid>"
+
+
+_BAD = _Bad()
+
+
+# -- the endpoint string grammar ---------------------------------------------
+
+
+def split_endpoint(desc):
+    """
+    Split an endpoint string into its type, positional and keyword arguments.
+
+    The grammar is Twisted's: fields separated by C{:}; a field holding an
+    C{=} is C{key=value} (only the first C{=} separates); a backslash makes
+    the next character literal (C{\\:}, C{\\=}, C{\\\\}).
+
+    @param desc: an endpoint string such as C{"tcp:1883:interface=\\:\\:1"}.
+    @type desc: L{str}
+
+    @return: C{(kind, args, kwargs)}, e.g.
+        C{("tcp", ["1883"], {"interface": "::1"})}.
+
+    @raise ValueError: the string ends with a lone backslash, or its first
+        field is not a plain endpoint type.
+    """
+    fields_ = []
+    key = None
+    current = []
+    escaped = False
+    for char in desc:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":":
+            fields_.append((key, "".join(current)))
+            key, current = None, []
+        elif char == "=" and key is None:
+            key, current = "".join(current), []
+        else:
+            current.append(char)
+    if escaped:
+        raise ValueError("ends with a lone backslash")
+    fields_.append((key, "".join(current)))
+    kind_key, kind = fields_[0]
+    if kind_key is not None:
+        raise ValueError("the first field must be the endpoint type")
+    args = []
+    kwargs = {}
+    for key, value in fields_[1:]:
+        if key is None:
+            args.append(value)
+        else:
+            kwargs[key] = value
+    return kind, args, kwargs
+
+
+def _interface_key(interface):
+    """
+    A comparable form of a listening interface; L{None} for a wildcard.
+    """
+    text = interface.strip()
+    if text in ("", "*"):
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return text.lower()
+    if address.is_unspecified:
+        return None
+    return address.compressed
+
+
+def _file_problem(path):
+    """
+    What is wrong with a file the broker will read, or L{None}.
+    """
+    if not os.path.exists(path):
+        return "does not exist"
+    if os.path.isdir(path):
+        return "is a directory"
+    if not os.access(path, os.R_OK):
+        return "is not readable"
+    return None
+
+
+def _reason(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Checker:
+    """
+    Collects the problems of one configuration and the listeners seen so far
+    (for the duplicate port check across all sections).
+    """
+
+    def __init__(self):
+        self.problems = []
+        self._reactor = MemoryReactor()
+        self._ports = []
+        self._unix_paths = {}
+
+    def problem(self, path, what):
+        self.problems.append(f"config error: {path}: {what}")
+
+    def endpoint(self, desc, path):
+        """
+        Check one endpoint string; record it for the duplicate checks.
+        """
+        try:
+            kind, args, kwargs = split_endpoint(desc)
+        except ValueError as e:
+            self.problem(path, f"cannot parse endpoint '{desc}': {e}")
+            return _BAD
+        if not kind:
+            self.problem(path, f"cannot parse endpoint '{desc}': no endpoint type")
+            return _BAD
+        files_ok = True
+        for key in _TLS_FILE_KEYS:
+            if key in kwargs:
+                what = _file_problem(kwargs[key])
+                if what is not None:
+                    self.problem(path, f"{key} file '{kwargs[key]}' {what}")
+                    files_ok = False
+        if not files_ok:
+            return _BAD
+        try:
+            serverFromString(self._reactor, desc)
+        except Exception as e:
+            self.problem(path, f"cannot parse endpoint '{desc}': {_reason(e)}")
+            return _BAD
+        kind = kind.lower()
+        if kind in _TCP_PORTS:
+            return self._tcp_port(desc, path, kind, args, kwargs)
+        if kind == "unix":
+            return self._unix_path(desc, path, args, kwargs)
+        return desc
+
+    def _tcp_port(self, desc, path, kind, args, kwargs):
+        index, raw = _TCP_PORTS[kind]
+        if "port" in kwargs:
+            raw = kwargs["port"]
+        elif index is not None and index < len(args):
+            raw = args[index]
+        try:
+            port = int(raw)
+        except (TypeError, ValueError):
+            # The endpoint parser took it, so the port is not where this
+            # module expects it: nothing to compare.
+            return desc
+        if not 0 <= port <= 65535:
+            self.problem(path, f"port {port} is out of range 0-65535")
+            return _BAD
+        if port == 0:
+            return desc
+        interface = _interface_key(kwargs.get("interface", ""))
+        for other_port, other_interface, other_path, other_desc in self._ports:
+            if other_port == port and (
+                interface is None or other_interface is None or interface == other_interface
+            ):
+                self.problem(
+                    path, f"port {port} is already used by {other_path} ('{other_desc}')"
+                )
+                return _BAD
+        self._ports.append((port, interface, path, desc))
+        return desc
+
+    def _unix_path(self, desc, path, args, kwargs):
+        address = kwargs.get("address", args[0] if args else None)
+        if not address:
+            return desc
+        key = address if address.startswith("@") else os.path.abspath(address)
+        if key in self._unix_paths:
+            other_path, other_desc = self._unix_paths[key]
+            self.problem(
+                path, f"socket '{address}' is already used by {other_path} ('{other_desc}')"
+            )
+            return _BAD
+        self._unix_paths[key] = (path, desc)
+        return desc
+
+
+# -- kinds of values ---------------------------------------------------------
+
+
+def _describe_value(value):
+    """
+    A short description of a TOML value for an error message.
+    """
+    if isinstance(value, bool):
+        return f"a boolean ({'true' if value else 'false'})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({json.dumps(shown, ensure_ascii=False)})"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
+
+
+def _bound_text(minimum, exclusive):
+    return f"> {minimum}" if exclusive else f">= {minimum}"
+
+
+@frozen
+class Integer:
+    """
+    A TOML integer (never a boolean), optionally bounded below.
+    """
+
+    minimum: int | None = None
+    exclusive: bool = False
+
+    def describe(self):
+        if self.minimum is None:
+            return "integer"
+        return f"integer {_bound_text(self.minimum, self.exclusive)}"
+
+    def convert(self, value, path, checker):
+        if isinstance(value, bool) or not isinstance(value, int):
+            checker.problem(path, f"expected an integer, got {_describe_value(value)}")
+            return _BAD
+        if self.minimum is not None and (
+            value <= self.minimum if self.exclusive else value < self.minimum
+        ):
+            checker.problem(
+                path, f"must be {_bound_text(self.minimum, self.exclusive)}, got {value}"
+            )
+            return _BAD
+        return value
+
+
+@frozen
+class Number:
+    """
+    A finite TOML float; an integer is accepted and converted.
+    """
+
+    minimum: float | None = None
+    exclusive: bool = False
+
+    def describe(self):
+        if self.minimum is None:
+            return "number"
+        return f"number {_bound_text(self.minimum, self.exclusive)}"
+
+    def convert(self, value, path, checker):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            checker.problem(path, f"expected a number, got {_describe_value(value)}")
+            return _BAD
+        value = float(value)
+        if not math.isfinite(value):
+            checker.problem(path, f"must be a finite number, got {value}")
+            return _BAD
+        if self.minimum is not None and (
+            value <= self.minimum if self.exclusive else value < self.minimum
+        ):
+            checker.problem(
+                path, f"must be {_bound_text(self.minimum, self.exclusive)}, got {value}"
+            )
+            return _BAD
+        return value
+
+
+@frozen
+class Boolean:
+    """
+    A TOML boolean.
+    """
+
+    def describe(self):
+        return "boolean"
+
+    def convert(self, value, path, checker):
+        if not isinstance(value, bool):
+            checker.problem(path, f"expected a boolean, got {_describe_value(value)}")
+            return _BAD
+        return value
+
+
+@frozen
+class String:
+    """
+    A TOML string.
+
+    @ivar choices: the allowed values, or L{None} for any.
+    @ivar non_empty: C{""} is refused.
+    @ivar check: a callable taking the value and returning what is wrong
+        with it, or L{None}.
+    @ivar what: how the docs describe the value, when C{check} is set.
+    """
+
+    choices: tuple | None = None
+    non_empty: bool = False
+    check: object = None
+    what: str | None = None
+
+    def describe(self):
+        if self.choices is not None:
+            return "one of " + ", ".join(json.dumps(c) for c in self.choices)
+        if self.what is not None:
+            return self.what
+        return "non-empty string" if self.non_empty else "string"
+
+    def convert(self, value, path, checker):
+        if not isinstance(value, str):
+            checker.problem(path, f"expected a string, got {_describe_value(value)}")
+            return _BAD
+        if self.choices is not None and value not in self.choices:
+            allowed = ", ".join(json.dumps(c) for c in self.choices)
+            checker.problem(
+                path, f"must be one of {allowed}, got {json.dumps(value, ensure_ascii=False)}"
+            )
+            return _BAD
+        if self.non_empty and not value:
+            checker.problem(path, "must not be empty")
+            return _BAD
+        if self.check is not None:
+            what = self.check(value)
+            if what is not None:
+                checker.problem(path, what)
+                return _BAD
+        return value
+
+
+@frozen
+class Endpoint:
+    """
+    A listener endpoint string, checked with Twisted's C{serverFromString}
+    against a memory reactor (which binds nothing).
+    """
+
+    def describe(self):
+        return "endpoint string"
+
+    def convert(self, value, path, checker):
+        if not isinstance(value, str):
+            checker.problem(path, f"expected an endpoint string, got {_describe_value(value)}")
+            return _BAD
+        return checker.endpoint(value, path)
+
+
+@frozen
+class Array:
+    """
+    A TOML array whose items are all of one kind; parsed into a tuple.
+    """
+
+    item: object
+
+    def describe(self):
+        return f"array of {self.item.describe()}s"
+
+    def convert(self, value, path, checker):
+        if not isinstance(value, (list, tuple)):
+            checker.problem(
+                path, f"expected an array of {self.item.describe()}s, got {_describe_value(value)}"
+            )
+            return _BAD
+        items = tuple(
+            self.item.convert(item, f"{path}[{index}]", checker) for index, item in enumerate(value)
+        )
+        return _BAD if any(item is _BAD for item in items) else items
+
+
+@frozen
+class Section:
+    """
+    A nested table parsed into an instance of C{cls}.
+
+    @ivar overrides: defaults that replace the field defaults of C{cls} in
+        this place, by key; a dict for a nested section.
+    """
+
+    cls: type
+    overrides: dict = Factory(dict)
+
+    def describe(self):
+        return "table"
+
+
+@frozen
+class TableArray:
+    """
+    A TOML array of tables (C{[[a.b]]}), parsed into a tuple of C{cls}.
+
+    @ivar example: tables shown, commented out, in the default file.
+    """
+
+    cls: type
+    example: tuple = ()
+
+    def describe(self):
+        return "array of tables"
+
+    def convert(self, value, path, checker):
+        if not isinstance(value, (list, tuple)):
+            checker.problem(
+                path, f"expected an array of tables ([[{path}]]), got {_describe_value(value)}"
+            )
+            return _BAD
+        items = tuple(
+            _parse_table(self.cls, item, f"{path}[{index}]", {}, checker)
+            for index, item in enumerate(value)
+        )
+        return _BAD if any(item is _BAD for item in items) else items
+
+
+@frozen
+class Setting:
+    """
+    What the schema knows of one key: its kind and a one-line doc.
+    """
+
+    kind: object
+    doc: str
+
+
+def setting(kind, doc, default=NOTHING):
+    """
+    Declare one key of a section class. Without a default the key is
+    required (unless the parent section supplies one in its overrides).
+    """
+    return field(default=default, metadata={_META: Setting(kind, doc)})
+
+
+def section(cls, doc, **overrides):
+    """
+    Declare a nested section; C{overrides} replace field defaults of C{cls}
+    (a dict per nested section).
+    """
+    kind = Section(cls, overrides)
+    return field(
+        default=Factory(lambda: _build_defaults(cls, overrides)),
+        metadata={_META: Setting(kind, doc)},
+    )
+
+
+def _settings(cls):
+    return [(f, f.metadata[_META]) for f in fields(cls)]
+
+
+def _merge(kind, overrides):
+    return {**kind.overrides, **overrides}
+
+
+def _build_defaults(cls, overrides):
+    """
+    An instance of C{cls} holding its defaults (not validated).
+    """
+    values = {}
+    for f, s in _settings(cls):
+        if isinstance(s.kind, Section):
+            values[f.name] = _build_defaults(
+                s.kind.cls, _merge(s.kind, overrides.get(f.name, {}))
+            )
+        elif f.name in overrides:
+            values[f.name] = overrides[f.name]
+    return cls(**values)
+
+
+def _join(path, key):
+    return f"{path}.{key}" if path else key
+
+
+def _parse_table(cls, data, path, overrides, checker):
+    """
+    Validate one table against section class C{cls}, recording every
+    problem; the instance, or C{_BAD}.
+    """
+    if not isinstance(data, dict):
+        checker.problem(path, f"expected a table, got {_describe_value(data)}")
+        return _BAD
+    specs = _settings(cls)
+    names = [f.name for f, s in specs]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            checker.problem(_join(path, key), "unknown key" + hint)
+    values = {}
+    for f, s in specs:
+        key_path = _join(path, f.name)
+        if isinstance(s.kind, Section):
+            value = _parse_table(
+                s.kind.cls,
+                data.get(f.name, {}),
+                key_path,
+                _merge(s.kind, overrides.get(f.name, {})),
+                checker,
+            )
+        elif f.name in data:
+            value = s.kind.convert(data[f.name], key_path, checker)
+        else:
+            default = overrides.get(f.name, f.default)
+            if default is NOTHING:
+                checker.problem(key_path, "missing required key")
+                value = _BAD
+            elif default is None:
+                value = None
+            else:
+                value = s.kind.convert(default, key_path, checker)
+        values[f.name] = value
+    if any(value is _BAD for value in values.values()):
+        return _BAD
+    return cls(**values)
+
+
+# -- checks of single values -------------------------------------------------
+
+
+def _readable_file_or_empty(path):
+    if not path:
+        return None
+    what = _file_problem(path)
+    return None if what is None else f"file '{path}' {what}"
+
+
+def _topic_filter_problem(topic):
+    if not topic:
+        return "must not be empty"
+    if "\x00" in topic:
+        return "must not contain a NUL character"
+    if len(topic.encode("utf-8")) > 65535:
+        return "is longer than 65535 bytes"
+    levels = topic.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return f"not a topic filter: '#' must be the whole last level in '{topic}'"
+        if "+" in level and level != "+":
+            return f"not a topic filter: '+' must be a whole level in '{topic}'"
+    return None
+
+
+def _network_problem(text):
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return f"not an IP address or CIDR network: '{text}'"
+    return None
+
+
+# -- the schema --------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class NodeConfig:
+    """
+    C{[node]}: this broker process.
+    """
+
+    node_id: int = setting(Integer(minimum=0), "Id of this node, unique in a cluster.", 1)
+    data_dir: str = setting(
+        String(non_empty=True),
+        "Directory of all stored data (relative paths are from the working directory).",
+        "./data",
+    )
+    shutdown_grace_s: float = setting(
+        Number(minimum=0, exclusive=True),
+        "Seconds a clean stop may take to close connections and flush storage.",
+        10.0,
+    )
+    max_connections: int = setting(
+        Integer(minimum=0),
+        "Limit of live connections of all protocols together; 0 = unlimited.",
+        100000,
+    )
+
+
+@frozen(kw_only=True)
+class LogConfig:
+    """
+    C{[log]}: logging.
+    """
+
+    level: str = setting(
+        String(choices=("debug", "info", "warn", "error")), "Lowest level logged.", "info"
+    )
+    file: str = setting(String(), 'Log file; "" = the log of twistd.', "")
+
+
+@frozen(kw_only=True)
+class NetworkConfig:
+    """
+    C{[<protocol>_runtime.network]}: the listeners of one protocol and the
+    limits of its connections. The defaults of the keys without one here
+    are given per protocol in L{Config}.
+    """
+
+    listeners: tuple = setting(
+        Array(Endpoint()),
+        "Endpoint strings to listen on; [] disables the protocol.",
+    )
+    max_connections: int = setting(
+        Integer(minimum=0), "Limit of live connections per listener; 0 = unlimited.", 100000
+    )
+    max_frame_bytes: int = setting(
+        Integer(minimum=0, exclusive=True),
+        "Largest frame or packet accepted; a larger one is a protocol error.",
+    )
+    idle_timeout_s: float = setting(
+        Number(minimum=0),
+        "Seconds without any bytes from a client before it is disconnected; 0 = none"
+        " (MQTT replaces it with 1.5 x the keep-alive after CONNECT).",
+    )
+    outbound_buffer_bytes: int = setting(
+        Integer(minimum=0, exclusive=True),
+        "Bytes queued for a client above which the broker stops reading from it.",
+    )
+    connect_rate_per_ip: float = setting(
+        Number(minimum=0),
+        "New connections per second per client IP (token bucket); 0 = unlimited.",
+        0.0,
+    )
+    connect_burst_per_ip: int = setting(
+        Integer(minimum=1), "Bucket size of connect_rate_per_ip: connections at once.", 100
+    )
+
+
+@frozen(kw_only=True)
+class RuntimeConfig:
+    """
+    C{[<protocol>_runtime]}: the shape shared by every protocol. A protocol
+    with keys of its own declares a subclass and names it in L{Config}.
+    """
+
+    network: NetworkConfig = section(NetworkConfig, "Listeners and connection limits.")
+
+
+_DRIVERS = ("memory", "segment", "sqlite")
+
+
+@frozen(kw_only=True)
+class StorageConfig:
+    """
+    C{[storage]}: message storage.
+    """
+
+    default_driver: str = setting(
+        String(choices=_DRIVERS), "Storage driver of every protocol not set below.", "segment"
+    )
+    mqtt_driver: str = setting(
+        String(choices=("",) + _DRIVERS), 'Driver of MQTT data; "" = default_driver.', ""
+    )
+    kafka_driver: str = setting(
+        String(choices=("",) + _DRIVERS), 'Driver of Kafka data; "" = default_driver.', ""
+    )
+    amqp_driver: str = setting(
+        String(choices=("",) + _DRIVERS), 'Driver of AMQP data; "" = default_driver.', ""
+    )
+    fsync_policy: str = setting(
+        String(choices=("every_batch", "interval_ms", "never")),
+        "When segment files are fsynced: after every write batch, every"
+        " fsync_interval_ms, or never (left to the OS).",
+        "interval_ms",
+    )
+    fsync_interval_ms: int = setting(
+        Integer(minimum=0, exclusive=True),
+        "Milliseconds between fsyncs with fsync_policy = interval_ms.",
+        1000,
+    )
+    segment_bytes: int = setting(
+        Integer(minimum=1024), "Size at which a segment file is rolled.", 134217728
+    )
+    segment_ms: int = setting(
+        Integer(minimum=0, exclusive=True),
+        "Age in milliseconds at which a segment file is rolled.",
+        604800000,
+    )
+    index_interval_bytes: int = setting(
+        Integer(minimum=0, exclusive=True),
+        "Bytes of records between two entries of the sparse offset index.",
+        4096,
+    )
+    retention_bytes: int = setting(
+        Integer(minimum=-1),
+        "Bytes kept per shard before the oldest segments are deleted; -1 = unlimited.",
+        -1,
+    )
+    retention_ms: int = setting(
+        Integer(minimum=-1),
+        "Milliseconds a segment is kept after its last write; -1 = unlimited.",
+        604800000,
+    )
+
+    def driver_for(self, protocol_name):
+        """
+        The driver name of a protocol: its C{<protocol>_driver} when set,
+        else C{default_driver}.
+        """
+        return getattr(self, f"{protocol_name}_driver", "") or self.default_driver
+
+
+@frozen(kw_only=True)
+class AclRule:
+    """
+    One C{[[security.acl]]} rule; the first rule that matches decides.
+    """
+
+    permission: str = setting(String(choices=("allow", "deny")), "Required: allow or deny.")
+    action: str = setting(
+        String(choices=("publish", "subscribe", "all")), "Required: what the rule covers."
+    )
+    topic: str = setting(
+        String(check=_topic_filter_problem, what="MQTT topic filter"),
+        "Required: an MQTT topic filter (+ and # wildcards); %u and %c expand to"
+        " the user name and the client id.",
+    )
+    user: str | None = setting(
+        String(non_empty=True), "Match only this user name (omitted = any).", None
+    )
+    client_id: str | None = setting(
+        String(non_empty=True), "Match only this client id (omitted = any).", None
+    )
+    ip: str | None = setting(
+        String(check=_network_problem, what="IP address or CIDR network"),
+        "Match only clients from this IPv4/IPv6 address or CIDR network (omitted = any).",
+        None,
+    )
+
+
+@frozen(kw_only=True)
+class SecurityConfig:
+    """
+    C{[security]}: authentication and authorization.
+    """
+
+    allow_anonymous: bool = setting(
+        Boolean(), "Accept clients that give no user name (MQTT, Kafka without SASL).", True
+    )
+    password_file: str = setting(
+        String(check=_readable_file_or_empty, what='path of a readable file, or ""'),
+        'File of users with salted password hashes; "" = none.',
+        "",
+    )
+    acl_default: str = setting(
+        String(choices=("allow", "deny")), "Decision when no ACL rule matches.", "allow"
+    )
+    acl: tuple = setting(
+        TableArray(
+            AclRule,
+            example=(
+                {"permission": "allow", "action": "all", "topic": "users/%u/#"},
+                {
+                    "permission": "allow",
+                    "action": "subscribe",
+                    "topic": "$SYS/#",
+                    "ip": "127.0.0.1",
+                },
+                {"permission": "deny", "action": "all", "topic": "$SYS/#"},
+                {"permission": "deny", "action": "publish", "topic": "#", "user": "reader"},
+            ),
+        ),
+        "ACL rules, checked in order; the first that matches decides, else acl_default.",
+        (),
+    )
+
+
+@frozen(kw_only=True)
+class AdminConfig:
+    """
+    C{[admin]}: the HTTP admin service.
+    """
+
+    listeners: tuple = setting(
+        Array(Endpoint()),
+        "Endpoint strings of /health, /metrics, /api and the dashboard; [] disables it.",
+        ("tcp:8080",),
+    )
+
+
+@frozen(kw_only=True)
+class Config:
+    """
+    The whole configuration. One attribute per top-level TOML table.
+    """
+
+    node: NodeConfig = section(NodeConfig, "This broker process.")
+    log: LogConfig = section(LogConfig, "Logging.")
+    mqtt_runtime: RuntimeConfig = section(
+        RuntimeConfig,
+        "MQTT 3.1, 3.1.1 and 5.0.",
+        network=dict(
+            listeners=("tcp:1883", "ws:8083"),
+            max_frame_bytes=16777216,
+            idle_timeout_s=30.0,
+            outbound_buffer_bytes=4194304,
+        ),
+    )
+    kafka_runtime: RuntimeConfig = section(
+        RuntimeConfig,
+        "The Apache Kafka wire protocol.",
+        network=dict(
+            listeners=("tcp:9092",),
+            max_frame_bytes=104857600,
+            idle_timeout_s=600.0,
+            outbound_buffer_bytes=67108864,
+        ),
+    )
+    amqp_runtime: RuntimeConfig = section(
+        RuntimeConfig,
+        "AMQP 0-9-1.",
+        network=dict(
+            listeners=("tcp:5672",),
+            max_frame_bytes=131072,
+            idle_timeout_s=60.0,
+            outbound_buffer_bytes=4194304,
+        ),
+    )
+    storage: StorageConfig = section(StorageConfig, "Message storage.")
+    security: SecurityConfig = section(SecurityConfig, "Authentication and authorization.")
+    admin: AdminConfig = section(AdminConfig, "The HTTP admin service.")
+
+    def runtimes(self):
+        """
+        The protocol runtime sections by protocol name, in declaration
+        order, e.g. C{{"mqtt": self.mqtt_runtime, ...}}.
+
+        @rtype: L{dict} of L{str} to L{RuntimeConfig}
+        """
+        return {
+            f.name[: -len("_runtime")]: getattr(self, f.name)
+            for f, s in _settings(type(self))
+            if isinstance(s.kind, Section) and issubclass(s.kind.cls, RuntimeConfig)
+        }
+
+
+# -- public functions --------------------------------------------------------
+
+
+def parse_config(data, source="<config>"):
+    """
+    Validate a parsed TOML document and build the L{Config}.
+
+    @param data: the document, as L{tomllib} returns it.
+    @type data: L{dict}
+    @param source: what to name in a problem about the document as a whole.
+
+    @raise ConfigError: with every problem found.
+    """
+    checker = _Checker()
+    if not isinstance(data, dict):
+        checker.problem(source, f"expected a table, got {_describe_value(data)}")
+        raise ConfigError(checker.problems)
+    config = _parse_table(Config, data, "", {}, checker)
+    if checker.problems or config is _BAD:
+        raise ConfigError(checker.problems or [f"config error: {source}: invalid"])
+    return config
+
+
+def load_config(path=None):
+    """
+    Read, validate and build the configuration.
+
+    @param path: the TOML file, or L{None} for the embedded defaults
+        (L{DEFAULT_CONFIG_TOML}).
+    @type path: L{str} or L{os.PathLike} or L{None}
+
+    @raise ConfigError: with every problem found; a file that cannot be read
+        or is not valid TOML is one problem naming the file.
+    """
+    if path is None:
+        return parse_config(tomllib.loads(DEFAULT_CONFIG_TOML), "<defaults>")
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([f"config error: {path}: cannot read: {e.strerror or e}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"config error: {path}: {e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"config error: {path}: not UTF-8 text: {e}"]) from None
+    return parse_config(data, source=path)
+
+
+@frozen
+class FieldInfo:
+    """
+    One documented key of the schema.
+
+    @ivar path: dotted key path, e.g. C{"mqtt_runtime.network.listeners"};
+        keys of array-of-tables items have no index
+        (C{"security.acl.permission"}).
+    @ivar type: the value's type and allowed values, in words.
+    @ivar default: the default value; L{None} when optional without a
+        default; C{attrs.NOTHING} when required.
+    @ivar doc: one line.
+    """
+
+    path: str
+    type: str
+    default: object
+    doc: str
+
+    @property
+    def required(self):
+        return self.default is NOTHING
+
+
+def iter_fields(cls=Config, prefix="", overrides=None):
+    """
+    Every key of the schema, depth first in declaration order (an array of
+    tables is yielded itself, then its keys).
+
+    @rtype: iterator of L{FieldInfo}
+    """
+    overrides = overrides or {}
+    for f, s in _settings(cls):
+        path = _join(prefix, f.name)
+        if isinstance(s.kind, Section):
+            yield from iter_fields(s.kind.cls, path, _merge(s.kind, overrides.get(f.name, {})))
+            continue
+        yield FieldInfo(path, s.kind.describe(), overrides.get(f.name, f.default), s.doc)
+        if isinstance(s.kind, TableArray):
+            yield from iter_fields(s.kind.cls, path)
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _comment(text):
+    return textwrap.wrap(text, 77, initial_indent="# ", subsequent_indent="# ")
+
+
+def _render_table(cls, path, doc, overrides, out):
+    specs = _settings(cls)
+    out.append("")
+    out.extend(_comment(f"[{path}] {doc}"))
+    leaves = [(f, s) for f, s in specs if not isinstance(s.kind, (Section, TableArray))]
+    if leaves:
+        out.append(f"[{path}]")
+    for index, (f, s) in enumerate(leaves):
+        if index:
+            out.append("")
+        out.extend(_comment(s.doc))
+        out.extend(_comment(f"Type: {s.kind.describe()}."))
+        out.append(f"{f.name} = {_toml_value(overrides.get(f.name, f.default))}")
+    for f, s in specs:
+        key_path = _join(path, f.name)
+        if isinstance(s.kind, Section):
+            _render_table(
+                s.kind.cls, key_path, s.doc, _merge(s.kind, overrides.get(f.name, {})), out
+            )
+        elif isinstance(s.kind, TableArray):
+            out.append("")
+            out.extend(_comment(f"[[{key_path}]] {s.doc} Example:"))
+            for example in s.kind.example:
+                out.append("#")
+                out.append(f"# [[{key_path}]]")
+                for item_field, item_setting in _settings(s.kind.cls):
+                    if item_field.name in example:
+                        out.append(f"# {item_field.name} = {_toml_value(example[item_field.name])}")
+
+
+def _render_default_toml():
+    out = [
+        "# robustmq configuration.",
+        "#",
+        "# Every key and section is optional: what is omitted takes the default",
+        "# shown here. Unknown keys, wrong types and values out of range are errors,",
+        "# all reported at once before anything is started. Reference:",
+        "# docs/configuration.md.",
+    ]
+    for f, s in _settings(Config):
+        _render_table(s.kind.cls, f.name, s.doc, s.kind.overrides, out)
+    return "\n".join(out) + "\n"
+
+
+DEFAULT_CONFIG_TOML = _render_default_toml()
+
+
+def main(argv=None, stdout=None, stderr=None):
+    """
+    C{python -m robustmq.config}: print the default file;
+    C{python -m robustmq.config FILE}: check FILE.
+
+    @return: the exit status.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    if not argv:
+        stdout.write(DEFAULT_CONFIG_TOML)
+        return 0
+    try:
+        load_config(argv[0])
+    except ConfigError as e:
+        for line in e.problems:
+            stderr.write(line + "\n")
+        return 1
+    stdout.write(f"{argv[0]}: ok\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
