@@ -706,7 +706,9 @@ class NetworkConfig:
     )
     outbound_buffer_bytes: int = setting(
         Integer(minimum=0, exclusive=True),
-        "Bytes queued for a client above which the broker stops reading from it.",
+        "Bytes that may wait for a client that does not read (reading from it stops"
+        " as soon as the transport buffer is full); beyond this the connection is"
+        " closed, or messages to it are dropped where the protocol allows.",
     )
     connect_rate_per_ip: float = setting(
         Number(minimum=0),
