@@ -1,0 +1,1 @@
+"""The Apache Kafka wire protocol: generated schema table, codec and error codes."""
