@@ -23,6 +23,8 @@ setup(
     extras_require={
         "test": [
             "hypothesis>=6.100",
+            "cryptography>=42",
+            "kafka-python>=2.0",
         ],
     },
     zip_safe=False,

@@ -225,16 +225,274 @@ class IStorageDriverManager(Interface):
     """
     Append-only shards (a Kafka partition, an AMQP queue, an MQTT offline
     queue) over pluggable drivers. See L{robustmq.storage}.
+
+    A shard holds Kafka record batches (magic 2) at contiguous offsets.
+    Methods returning a Deferred fail it (never raise) with
+    L{robustmq.storage.errors.StorageError} or a subclass
+    (C{UnknownShard}, C{OffsetOutOfRange}, C{InvalidBatch}); synchronous
+    methods raise them.
     """
+
+    opened = Attribute("bool: open() has completed and close() not begun")
+
+    def open():
+        """
+        Start the thread pool and recover every shard found on disk (off
+        the reactor thread).
+
+        @return: a Deferred firing with L{None} when ready.
+        """
+
+    def close():
+        """
+        Flush, fsync and close every shard; stop the thread pool.
+
+        @return: a Deferred firing when done.
+        """
+
+    def driver_for(name):
+        """
+        The driver a new shard C{name} would get: the C{<protocol>_driver}
+        of its protocol (the part of C{name} before the first C{/}), else
+        C{default_driver}.
+        """
+
+    def create_shard(name, driver=None, retention_bytes=None, retention_ms=None):
+        """
+        Create an empty shard (synchronous; usable at once).
+
+        @param name: a non-empty string, e.g. C{"kafka/orders/0"}.
+        @param driver: C{"memory"}, C{"segment"}, C{"sqlite"} or L{None}
+            for L{driver_for}.
+        @param retention_bytes: this shard's size limit (-1 unlimited), or
+            L{None} for the configured one; likewise C{retention_ms}.
+        @raise ShardExists: when it exists.
+        @raise ValueError: for a bad name or an unknown driver.
+        """
+
+    def delete_shard(name):
+        """
+        Delete a shard and its data. It is gone at once (the name may be
+        created again); the Deferred fires when its files are removed.
+        """
+
+    def has_shard(name):
+        """
+        C{True} when shard C{name} exists.
+        """
+
+    def shards(prefix=""):
+        """
+        The sorted names of the shards starting with C{prefix}.
+        """
+
+    def shard_driver(name):
+        """
+        The driver name of shard C{name}.
+        """
+
+    def append(shard, records):
+        """
+        Append L{robustmq.storage.record.Record}s as one batch.
+
+        @return: a Deferred firing with C{(base_offset, last_offset)} once
+            stored: written to the file (fsync policies C{never} and
+            C{interval_ms}) or fsynced (C{every_batch}, group commit).
+        """
+
+    def append_batch(shard, batch):
+        """
+        Append Kafka RecordBatch bytes as received (one or more batches):
+        CRC-32C checked, base offset patched (in place for a L{bytearray}),
+        never re-encoded.
+
+        @return: a Deferred firing with the base offset of the first batch
+            once stored; failing with C{InvalidBatch} for bad bytes.
+        """
+
+    def read(shard, offset, max_bytes):
+        """
+        Stored batches from the one holding C{offset}: as many whole batches
+        as fit in C{max_bytes}, but at least one. Synchronous.
+
+        @return: a list of L{bytes}, empty at the latest offset.
+        @raise OffsetOutOfRange: outside [earliest, latest].
+        """
+
+    def read_records(shard, offset, max_records):
+        """
+        Decoded records from C{offset} on (those before C{offset} in the
+        first batch are skipped).
+
+        @return: a list of at most C{max_records} C{(offset, Record)}.
+        """
+
+    def earliest_offset(shard):
+        """
+        The first offset that can be read.
+        """
+
+    def latest_offset(shard):
+        """
+        The offset the next appended record will get.
+        """
+
+    def offset_for_timestamp(shard, timestamp_ms):
+        """
+        The first record whose timestamp is at or after C{timestamp_ms}.
+
+        @return: C{(offset, timestamp_ms)} of that record, or L{None}.
+        """
+
+    def truncate_before(shard, offset):
+        """
+        Make C{offset} the earliest offset: data before it can no longer
+        be read and whole segments/batches before it are deleted. A no-op
+        at or before the earliest offset.
+
+        @return: a Deferred firing when done.
+        @raise OffsetOutOfRange: (in the Deferred) after the latest offset.
+        """
+
+    def size_bytes(shard):
+        """
+        Bytes stored for shard C{shard}.
+        """
+
+    def apply_retention():
+        """
+        Apply the retention limits to every shard now (also done
+        periodically and when a segment rolls).
+        """
 
 
 class IOffsetManager(Interface):
     """
-    Committed offsets per (group, shard). See L{robustmq.storage}.
+    Committed offsets per (group, shard), durable in SQLite. See
+    L{robustmq.storage.offsets}. Reads are synchronous, from memory.
     """
+
+    def open():
+        """
+        Open the database and load every committed offset.
+
+        @return: a Deferred firing when ready.
+        """
+
+    def close():
+        """
+        Commit what is pending and close.
+
+        @return: a Deferred.
+        """
+
+    def commit(group, shard, offset, metadata=""):
+        """
+        Record that C{group} has consumed C{shard} up to C{offset}
+        (Kafka: the next offset to read). Visible to L{fetch} at once.
+
+        @return: a Deferred firing after the COMMIT.
+        """
+
+    def commit_many(group, offsets):
+        """
+        Commit several shards of one group in one transaction.
+
+        @param offsets: a mapping of shard to C{offset} or to
+            C{(offset, metadata)}.
+        @return: a Deferred firing after the COMMIT.
+        """
+
+    def fetch(group, shard):
+        """
+        @return: C{(offset, metadata)} or L{None}.
+        """
+
+    def fetch_group(group):
+        """
+        @return: a dict of shard to C{(offset, metadata)}.
+        """
+
+    def groups():
+        """
+        @return: the sorted names of the groups with committed offsets.
+        """
+
+    def delete_group(group):
+        """
+        Forget every offset of C{group}.
+
+        @return: a Deferred firing after the COMMIT.
+        """
+
+    def delete_shard(shard):
+        """
+        Forget every group's offset of C{shard} (when it is deleted).
+
+        @return: a Deferred firing after the COMMIT.
+        """
 
 
 class IMetaStore(Interface):
     """
     Durable metadata of all protocols. See L{robustmq.meta}.
+
+    A namespaced key/value store. Values are JSON-able (dicts with string
+    keys, lists, strings, numbers, booleans, L{None}) and may hold
+    L{bytes} anywhere (a retained message's payload). Reads are
+    synchronous, from memory; writes are visible to reads at once and
+    their Deferreds fire after the COMMIT of the reactor turn's
+    transaction.
     """
+
+    def open():
+        """
+        Open the database and load everything into memory.
+
+        @return: a Deferred firing when ready.
+        """
+
+    def close():
+        """
+        Commit what is pending and close.
+
+        @return: a Deferred.
+        """
+
+    def put(namespace, key, value):
+        """
+        Store C{value} under C{key} in C{namespace}.
+
+        @raise TypeError: (synchronously) for a value that is not JSON-able.
+        @return: a Deferred firing after the COMMIT.
+        """
+
+    def delete(namespace, key):
+        """
+        Remove C{key} (no error when absent).
+
+        @return: a Deferred firing after the COMMIT.
+        """
+
+    def delete_prefix(namespace, prefix):
+        """
+        Remove every key of C{namespace} starting with C{prefix}.
+
+        @return: a Deferred firing with the number removed, after the COMMIT.
+        """
+
+    def get(namespace, key, default=None):
+        """
+        The value of C{key}, or C{default}.
+        """
+
+    def items(namespace, prefix=""):
+        """
+        The C{(key, value)} pairs of C{namespace} whose key starts with
+        C{prefix}, sorted by key.
+        """
+
+    def namespaces():
+        """
+        The sorted names of the namespaces holding keys.
+        """
