@@ -25,6 +25,7 @@ setup(
             "hypothesis>=6.100",
             "cryptography>=42",
             "kafka-python>=2.0",
+            "pika>=1.3",
         ],
     },
     zip_safe=False,
