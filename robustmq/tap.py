@@ -5,7 +5,9 @@ The C{twistd robustmq} command: options, config validation and the service.
 
 import sys
 
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 
 from robustmq.config import ConfigError, load_config
 from robustmq.logs import observer_factory
@@ -37,29 +39,47 @@ class Options(usage.Options):
                 sys.stderr.write(line + "\n")
             sys.stderr.flush()
             raise SystemExit(2)
-        parent = getattr(self, "parent", None)
-        if parent is not None and not parent.get("logger"):
-            parent["logger"] = observer_factory(self.broker_config.log, parent)
+        self.twistd_options = getattr(self, "parent", None) or {}
 
 
 class TwistdBrokerServer(BrokerServer):
     """
     The broker as twistd runs it: a listener that cannot be bound stops the
-    process with a clear message and status 1, and a shutdown request stops
-    the reactor.
+    process with a clear message and status 1, a shutdown request stops the
+    reactor, and the C{[log]} section decides the log observer (unless
+    twistd was given C{--logger}).
     """
+
+    twistd_options = {}
+
+    def setServiceParent(self, parent):
+        BrokerServer.setServiceParent(self, parent)
+        if (
+            not self.twistd_options.get("logger")
+            and isinstance(parent, Componentized)
+            and parent.getComponent(ILogObserver, None) is None
+        ):
+            make = observer_factory(self.config.log, self.twistd_options)
+            parent.setComponent(ILogObserver, make())
 
     def privilegedStartService(self):
         try:
             BrokerServer.privilegedStartService(self)
         except ListenError as e:
+            # twistd has redirected sys.stderr into the log by now: say it
+            # on the real stderr as well as in the log.
             for line in e.problems:
-                sys.stderr.write("error: " + line + "\n")
-            sys.stderr.flush()
+                self.log.error("error: {problem}", problem=line)
+                sys.__stderr__.write("error: " + line + "\n")
+            sys.__stderr__.flush()
             raise SystemExit(1)
 
 
 def makeService(options):
     from twisted.internet import reactor
 
-    return TwistdBrokerServer(options.broker_config, reactor=reactor, stop_reactor_on_request=True)
+    broker = TwistdBrokerServer(
+        options.broker_config, reactor=reactor, stop_reactor_on_request=True
+    )
+    broker.twistd_options = getattr(options, "twistd_options", {})
+    return broker

@@ -298,6 +298,7 @@ class BrokerFactory(Factory):
     """
 
     log = Logger()
+    noisy = False
     protocol = FramedProtocol
     protocol_name = "base"
     websocket_subprotocols = ()
