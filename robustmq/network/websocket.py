@@ -432,6 +432,7 @@ class WebSocketWrappingFactory(WrappingWebSocketServerFactory):
     """
 
     protocol = WebSocketWrappingProtocol
+    noisy = False
 
     def __init__(self, factory, reactor, path=None, secure=False):
         """
