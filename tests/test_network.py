@@ -367,3 +367,18 @@ class ProtocolServiceTests(TestCase):
         service.flush = bad_flush
         service.startService()
         self.failureResultOf(service.stopService(), ValueError)
+
+
+class UnframedInputTests(TestCase):
+    def test_unbounded_partial_frame(self):
+        """
+        Bytes that never complete a frame header still count against
+        C{max_frame_bytes}.
+        """
+        h = Harness(max_frame_bytes=10)
+        proto, transport = h.connect()
+        proto.frame_length = lambda buf, offset: None
+        proto.dataReceived(b"x" * 10)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b"x")
+        self.assertTrue(transport.disconnecting)

@@ -5,6 +5,7 @@ protocol.
 """
 
 import json
+import os
 import socket
 
 from attrs import frozen
@@ -19,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from robustmq import interfaces
 from robustmq.config import NetworkConfig, RuntimeConfig, parse_config
+from robustmq.network.placeholder import placeholder_factory
 from robustmq.network.protocol import BrokerFactory, FramedProtocol
 from robustmq.network.service import ListenError, ProtocolService
 from robustmq.server import BrokerServer
@@ -157,20 +159,6 @@ class BrokerServerTests(BrokerTestCase):
             self.assertIn(listener["state"], ("stopped", "failed"))
 
     @inlineCallbacks
-    def test_placeholder_connection_closed(self):
-        """
-        A protocol not served yet closes its connections; the broker stays up.
-        """
-        broker = BrokerServer(local_config(self.mktemp()), reactor=reactor)
-        yield self.start(broker)
-        for name in ("mqtt", "kafka", "amqp"):
-            proto = yield connectProtocol(
-                TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(broker, name)), Collect()
-            )
-            yield proto.lost
-        self.assertEqual(broker.connections.count(), 0)
-
-    @inlineCallbacks
     def test_embedding(self):
         """
         A user adds the broker to their own MultiService next to their
@@ -275,3 +263,119 @@ class ThrowawayProtocolTests(BrokerTestCase):
         yield broker.stopService()
         data = yield client.lost
         self.assertEqual(data, b"hello\nworld\nbye\n")
+
+
+class TransportsThroughBrokerTests(BrokerTestCase):
+    """
+    The base framed protocol of a broker protocol over TCP, TLS, WebSocket
+    and secure WebSocket, driven by real clients.
+    """
+
+    @inlineCallbacks
+    def test_four_transports(self):
+        from autobahn.twisted.websocket import WebSocketClientFactory
+        from twisted.internet.endpoints import SSL4ClientEndpoint
+        from twisted.internet.ssl import Certificate, optionsForClientTLS
+
+        from tests.certs import make_test_pki
+        from tests.test_transports import WSClient
+
+        pki = make_test_pki(os.path.abspath(self.mktemp()))
+        tls = "privateKey={}:certKey={}:interface=127.0.0.1".format(pki.server_key, pki.server_cert)
+        BrokerWithEcho.echo_config = RuntimeConfig(
+            network=NetworkConfig(
+                listeners=(LOCAL, "ssl:0:" + tls, "ws:0:interface=127.0.0.1", "wss:0:" + tls),
+                max_connections=10, max_frame_bytes=100, idle_timeout_s=30,
+                outbound_buffer_bytes=1000,
+            )
+        )
+        broker = BrokerWithEcho(local_config(self.mktemp()), reactor=reactor)
+        yield self.start(broker)
+        with open(pki.ca_cert, "rb") as f:
+            client_tls = optionsForClientTLS("localhost", trustRoot=Certificate.loadPEM(f.read()))
+
+        tcp = yield connectProtocol(
+            TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(broker, "echo", 0)), Collect())
+        ssl = yield connectProtocol(
+            SSL4ClientEndpoint(reactor, "127.0.0.1", port_of(broker, "echo", 1), client_tls),
+            Collect())
+        ws_clients = []
+        for index, secure in ((2, False), (3, True)):
+            url = "{}://127.0.0.1:{}/".format("wss" if secure else "ws", port_of(broker, "echo", index))
+            factory = WebSocketClientFactory(url, reactor=reactor)
+            factory.protocol = WSClient
+            port = port_of(broker, "echo", index)
+            if secure:
+                endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", port, client_tls)
+            else:
+                endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+            client = yield endpoint.connect(factory)
+            opened = yield client.opened
+            self.assertTrue(opened)
+            ws_clients.append(client)
+
+        for client in ws_clients:
+            client.sendMessage(b"ping\n", isBinary=True)
+            echoed = yield client.receive_bytes(5)
+            self.assertEqual(echoed, b"ping\n")
+
+        code, _, body = yield http_get(port_of(broker, "admin"), "/api/connections?protocol=echo")
+        conns = json.loads(body)["connections"]
+        by_listener = {c["listener"]: c for c in conns}
+        self.assertEqual(len(by_listener), 4)
+        self.assertFalse(by_listener[LOCAL]["tls"])
+        self.assertTrue(by_listener["ssl:0:" + tls]["tls"])
+        self.assertFalse(by_listener["ws:0:interface=127.0.0.1"]["tls"])
+        self.assertTrue(by_listener["wss:0:" + tls]["tls"])
+        for c in conns:
+            self.assertTrue(c["peer"].startswith("127.0.0.1:"), c)
+
+        # Garbage (a frame over the limit) closes that connection only.
+        tcp.transport.write(b"x" * 200)
+        yield tcp.lost
+        ssl.transport.write(b"still here\n")
+        code, _, body = yield http_get(port_of(broker, "admin"), "/api/connections?protocol=echo")
+        self.assertEqual(len(json.loads(body)["connections"]), 3)
+
+        yield broker.stopService()
+        data = yield ssl.lost
+        self.assertEqual(data, b"still here\nbye\n")
+        for client in ws_clients:
+            yield client.closed
+
+
+class PlaceholderService(ProtocolService):
+    protocol_name = "later"
+    factory_class = placeholder_factory("later")
+
+
+class BrokerWithPlaceholder(BrokerServer):
+    def build_protocols(self):
+        BrokerServer.build_protocols(self)
+        self.add_protocol(PlaceholderService(EchoParams(
+            self.reactor, self.echo_config, self.config.node.shutdown_grace_s,
+            self.connections, self.metrics, self.node,
+        )))
+
+
+class PlaceholderTests(BrokerTestCase):
+    @inlineCallbacks
+    def test_placeholder_connection_closed(self):
+        """
+        A protocol not served yet closes its connections; the broker stays up.
+        """
+        BrokerWithPlaceholder.echo_config = RuntimeConfig(
+            network=NetworkConfig(
+                listeners=(LOCAL,), max_connections=1, max_frame_bytes=100,
+                idle_timeout_s=30, outbound_buffer_bytes=1000,
+            )
+        )
+        broker = BrokerWithPlaceholder(local_config(self.mktemp()), reactor=reactor)
+        yield self.start(broker)
+        for _ in range(3):
+            proto = yield connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port_of(broker, "later")), Collect()
+            )
+            yield proto.lost
+        self.assertEqual(broker.connections.count(), 0)
+        self.assertEqual(broker.status, "ok")

@@ -105,6 +105,10 @@ class FramedProtocol(Protocol):
             self.frame_error(e)
             return
         info.messages_in += frames
+        if end - offset > max_frame:
+            # No frame may be that long, complete or not.
+            self.frame_too_large(end - offset)
+            return
         if offset == end:
             self._buf = None
         elif buf is data:
@@ -258,6 +262,9 @@ class FramedProtocol(Protocol):
         the output buffer is written.
         """
         self.closing = True
+        # A TLS transport only starts its shutdown once no producer is
+        # registered, so stop being one first.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def abort_connection(self, reason):
