@@ -303,8 +303,9 @@ class IStorageDriverManager(Interface):
     def append_batch(shard, batch):
         """
         Append Kafka RecordBatch bytes as received (one or more batches):
-        CRC-32C checked, base offset patched (in place for a L{bytearray}),
-        never re-encoded.
+        CRC-32C checked, at least one record and C{record count ==
+        lastOffsetDelta + 1} required, base offset patched (in place for a
+        L{bytearray}), never re-encoded.
 
         @return: a Deferred firing with the base offset of the first batch
             once stored; failing with C{InvalidBatch} for bad bytes.

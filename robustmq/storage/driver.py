@@ -1,0 +1,206 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+What the storage drivers share: offsets assigned at append, batch encoding
+and validation, the offset checks, and the record-level read.
+
+A driver holds shards; L{robustmq.storage.manager.StorageDriverManager}
+routes each shard name to its driver. A driver implements C{_store} (write
+the batches of one append), C{read}, C{offset_for_timestamp},
+C{truncate_before}, C{create}, C{delete}, C{open}, C{close} and
+C{apply_retention}.
+"""
+
+import struct
+
+from twisted.internet.defer import fail, succeed
+from twisted.logger import Logger
+
+from robustmq.storage.errors import StorageError, UnknownShard
+from robustmq.storage.record import LOG_OVERHEAD, check_batches, decode_batch, encode_batch
+
+_MAX_TS = struct.Struct(">q")
+_BASE = struct.Struct(">q")
+
+
+def now_ms(reactor):
+    """
+    The reactor's clock in milliseconds.
+    """
+    return int(reactor.seconds() * 1000)
+
+
+class Driver:
+    """
+    Base class of the drivers.
+
+    @ivar shards: shard name to the driver's shard object.
+    """
+
+    log = Logger()
+    name = None
+
+    def __init__(self, config, data_dir, reactor, pool):
+        self.config = config
+        self.data_dir = data_dir
+        self.reactor = reactor
+        self.pool = pool
+        self.shards = {}
+        self.opened = False
+        self.closing = False
+
+    # shards
+
+    def get(self, name):
+        """
+        The shard object of C{name}.
+
+        @raise UnknownShard: when there is none.
+        """
+        try:
+            return self.shards[name]
+        except KeyError:
+            raise UnknownShard("no shard {!r}".format(name)) from None
+
+    def writable(self, name):
+        """
+        The shard object of C{name}, when it can take an append now.
+        """
+        if not self.opened or self.closing:
+            raise StorageError("the {} storage driver is not open".format(self.name))
+        shard = self.get(name)
+        if shard.failed is not None:
+            raise StorageError(
+                "shard {!r} is read-only after an earlier failure: {}".format(name, shard.failed)
+            )
+        return shard
+
+    def retention_of(self, shard):
+        """
+        The C{(retention_bytes, retention_ms)} that apply to C{shard}.
+        """
+        rb = shard.retention_bytes
+        rm = shard.retention_ms
+        return (
+            self.config.retention_bytes if rb is None else rb,
+            self.config.retention_ms if rm is None else rm,
+        )
+
+    # appends
+
+    def append(self, name, records):
+        """
+        Encode C{records} into one batch at the end of shard C{name}.
+
+        @return: a Deferred firing with C{(base_offset, last_offset)} once
+            stored.
+        """
+        try:
+            shard = self.writable(name)
+            base = shard.next_offset
+            data = encode_batch(records, base)
+            nxt = base + len(records)
+            max_ts = _MAX_TS.unpack_from(data, 35)[0]
+            d = self._store(shard, data, ((0, base, nxt, len(data), max_ts),))
+        except Exception:
+            return fail()
+        if d is None:
+            return succeed((base, nxt - 1))
+        return d.addCallback(lambda _: (base, nxt - 1))
+
+    def append_batch(self, name, data):
+        """
+        Append Kafka record batch bytes: validated (CRC-32C), base offsets
+        patched (in place when C{data} is a L{bytearray}), stored as they
+        are. C{data} may hold several batches back to back.
+
+        @return: a Deferred firing with the base offset of the first batch.
+        """
+        try:
+            shard = self.writable(name)
+            headers = check_batches(data)
+            if not headers:
+                raise ValueError("no record batch to append")
+            if not isinstance(data, bytearray):
+                data = bytearray(data)
+            base = nxt = shard.next_offset
+            batches = []
+            pack = _BASE.pack_into
+            for pos, t in headers:
+                pack(data, pos, nxt)
+                end = nxt + t[6] + 1
+                batches.append((pos, nxt, end, t[1] + LOG_OVERHEAD, t[8]))
+                nxt = end
+            d = self._store(shard, data, batches)
+        except Exception:
+            return fail()
+        if d is None:
+            return succeed(base)
+        return d.addCallback(lambda _: base)
+
+    def _store(self, shard, data, batches):
+        """
+        Store the batches of C{data} at the end of C{shard} and advance
+        its next offset.
+
+        @param batches: C{(position in data, base offset, next offset,
+            length, max timestamp)} of each batch.
+        @return: L{None} when they are stored already, else a Deferred
+            that fires once they are.
+        """
+        raise NotImplementedError()
+
+    # reads
+
+    def earliest_offset(self, name):
+        return self.get(name).log_start
+
+    def latest_offset(self, name):
+        return self.get(name).next_offset
+
+    def read_records(self, name, offset, max_records):
+        """
+        Decode records from C{offset} on, at most C{max_records}.
+
+        @return: a list of C{(offset, Record)}.
+        """
+        max_bytes = min(1 << 20, max(4096, max_records * 128))
+        out = []
+        position = offset
+        while len(out) < max_records:
+            batches = self.read(name, position, max_bytes)
+            if not batches:
+                break
+            for batch in batches:
+                for off, record in decode_batch(batch):
+                    if off >= position:
+                        out.append((off, record))
+                        position = off + 1
+                        if len(out) >= max_records:
+                            return out
+                nxt = _BASE.unpack_from(batch, 0)[0] + struct.unpack_from(">i", batch, 23)[0] + 1
+                if nxt > position:
+                    position = nxt
+            if position >= self.get(name).next_offset:
+                break
+        return out
+
+    def first_at_or_after(self, batch, timestamp_ms, earliest):
+        """
+        In one batch: the first C{(offset, timestamp)} of a record at or
+        after C{timestamp_ms} and C{earliest}, or L{None}.
+        """
+        for off, record in decode_batch(batch):
+            if off >= earliest and record.timestamp_ms >= timestamp_ms:
+                return off, record.timestamp_ms
+        return None
+
+    def size_bytes(self, name):
+        raise NotImplementedError()
+
+    def open(self):
+        self.opened = True
+        return succeed(None)
+
+    def close(self):
+        self.closing = True
+        return succeed(None)

@@ -1,0 +1,138 @@
+# -*- test-case-name: tests.test_storage_offsets -*-
+"""
+L{OffsetManager}: the committed offsets of consumer groups (Kafka groups,
+MQTT shared subscriptions, AMQP queues), durable in
+C{<data_dir>/offsets.sqlite3}.
+"""
+
+import os
+
+from twisted.internet.defer import fail
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from robustmq.interfaces import IOffsetManager
+from robustmq.storage.errors import StorageError
+from robustmq.storage.sqlwriter import SqliteWriter, synchronous_for
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS offsets ("
+    " grp TEXT NOT NULL, shard TEXT NOT NULL, offset INTEGER NOT NULL,"
+    " metadata TEXT NOT NULL, commit_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (grp, shard)) WITHOUT ROWID"
+)
+
+
+def _load(conn):
+    conn.execute(_SCHEMA)
+    return conn.execute("SELECT grp, shard, offset, metadata FROM offsets").fetchall()
+
+
+def _upsert(conn, rows):
+    conn.executemany(
+        "INSERT OR REPLACE INTO offsets (grp, shard, offset, metadata, commit_ms)"
+        " VALUES (?, ?, ?, ?, ?)",
+        rows,
+    )
+
+
+def _delete_group(conn, group):
+    conn.execute("DELETE FROM offsets WHERE grp = ?", (group,))
+
+
+def _delete_shard(conn, shard):
+    conn.execute("DELETE FROM offsets WHERE shard = ?", (shard,))
+
+
+@implementer(IOffsetManager)
+class OffsetManager:
+    """
+    Committed offsets in memory, written to SQLite in one transaction per
+    reactor turn.
+
+    @param config: the C{[storage]} section; its C{fsync_policy} chooses
+        how hard a commit reaches the disk.
+    @param pool: a thread pool to run the SQLite writes in (one job at a
+        time), or L{None} for a thread of its own.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, data_dir, reactor, pool=None):
+        self.data_dir = data_dir
+        self.reactor = reactor
+        self.path = os.path.join(data_dir, "offsets.sqlite3")
+        self.writer = SqliteWriter(
+            reactor, self.path, synchronous_for(config.fsync_policy), pool, "offsets"
+        )
+        self._groups = {}
+
+    def open(self):
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+        except OSError as e:
+            return fail(StorageError.from_os_error("create " + self.data_dir, e))
+        return self.writer.open(_load).addCallback(self._loaded)
+
+    def _loaded(self, rows):
+        for group, shard, offset, metadata in rows:
+            self._groups.setdefault(group, {})[shard] = (offset, metadata)
+        self.log.info(
+            "offsets opened: {count} committed offsets of {groups} groups",
+            count=len(rows), groups=len(self._groups),
+        )
+
+    def close(self):
+        return self.writer.close()
+
+    def commit(self, group, shard, offset, metadata=""):
+        return self.commit_many(group, {shard: (offset, metadata)})
+
+    def commit_many(self, group, offsets):
+        try:
+            if not isinstance(group, str):
+                raise TypeError("a group name is a string, not {!r}".format(group))
+            now = int(self.reactor.seconds() * 1000)
+            rows = []
+            for shard, value in offsets.items():
+                offset, metadata = value if isinstance(value, tuple) else (value, "")
+                if metadata is None:
+                    metadata = ""
+                if not isinstance(shard, str) or not isinstance(metadata, str):
+                    raise TypeError("shard names and metadata are strings")
+                if not isinstance(offset, int) or isinstance(offset, bool):
+                    raise TypeError("an offset is an int, not {!r}".format(offset))
+                rows.append((group, shard, offset, metadata, now))
+            d = self.writer.submit(_upsert, rows)
+        except Exception:
+            return fail()
+        committed = self._groups.setdefault(group, {})
+        for _, shard, offset, metadata, _ in rows:
+            committed[shard] = (offset, metadata)
+        return d.addCallback(lambda _: None)
+
+    def fetch(self, group, shard):
+        return self._groups.get(group, {}).get(shard)
+
+    def fetch_group(self, group):
+        return dict(self._groups.get(group, {}))
+
+    def groups(self):
+        return sorted(group for group, shards in self._groups.items() if shards)
+
+    def delete_group(self, group):
+        try:
+            d = self.writer.submit(_delete_group, group)
+        except Exception:
+            return fail()
+        self._groups.pop(group, None)
+        return d.addCallback(lambda _: None)
+
+    def delete_shard(self, shard):
+        try:
+            d = self.writer.submit(_delete_shard, shard)
+        except Exception:
+            return fail()
+        for committed in self._groups.values():
+            committed.pop(shard, None)
+        return d.addCallback(lambda _: None)

@@ -1,0 +1,1098 @@
+# -*- test-case-name: tests.test_storage_segment -*-
+"""
+The C{segment} driver: append-only segment files per shard, as Kafka lays
+out a partition.
+
+On disk, under C{<data_dir>/storage/segment/}::
+
+    .clean-shutdown                  present only after a clean close
+    <shard dir>/shard.json           {"name": ..., "retention_bytes": ...,
+                                      "retention_ms": ...}
+    <shard dir>/log-start-offset     the earliest readable offset, when
+                                     truncate_before moved it into a segment
+    <shard dir>/<base offset>.log    record batches back to back, 20 digits
+    <shard dir>/<base offset>.index  sparse offset index
+    <shard dir>/<base offset>.timeindex  time index
+
+An offset index entry (C{>II}: offset - base, file position) is added every
+C{index_interval_bytes} of batches; a time index entry (C{>qI}: timestamp,
+offset - base) is added with an offset index entry when the largest
+timestamp of the batches before it grew, and means "every batch before this
+offset has a max timestamp of at most this". Both files end with a trailer
+(C{>II}: entry count, CRC-32C of the entries; C{>qI}: offset index entry
+count, CRC-32C of the entries), are written when a segment is sealed (rolled)
+and at a clean close, and are rebuilt from the segment when missing or
+damaged.
+
+Appends are written with C{os.write} on the reactor thread: a page-cache
+copy, so an acknowledged append survives the process being killed. fsync
+runs in the driver's thread pool: after every reactor turn that appended
+(C{every_batch}, group commit: the appends' Deferreds fire after it), every
+C{fsync_interval_ms} (C{interval_ms}), or only when a segment is sealed and
+at close (C{never}).
+"""
+
+import errno
+import json
+import os
+import shutil
+import struct
+from array import array
+from bisect import bisect_left, bisect_right
+
+from crc32c import crc32c
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+
+from robustmq.storage.driver import Driver, now_ms
+from robustmq.storage.errors import ShardExists, StorageError
+from robustmq.storage.indexed import ShardBase
+from robustmq.storage.names import shard_dir_name
+from robustmq.storage.record import CRC_START, HEADER, HEADER_SIZE, LOG_OVERHEAD, MAGIC
+
+CLEAN_MARKER = ".clean-shutdown"
+META_FILE = "shard.json"
+LOG_START_FILE = "log-start-offset"
+_OFFSET_ENTRY = struct.Struct(">II")
+_TIME_ENTRY = struct.Struct(">qI")
+_LENGTH = struct.Struct(">i")
+_BASE_AND_LENGTH = struct.Struct(">qi")
+_LAST_DELTA = struct.Struct(">i")
+_SCAN_CHUNK = 1 << 20
+_MAX_SEGMENT_BYTES = 2 ** 31 - 1
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+def segment_file(directory, base, suffix):
+    return os.path.join(directory, "{:020d}{}".format(base, suffix))
+
+
+def fsync_dir(path):
+    """
+    fsync a directory so that the names created in it are durable.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomically(path, data, sync=True):
+    """
+    Write C{data} to C{path} through a temporary file and a rename.
+    """
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class Segment:
+    """
+    One segment file and its indexes, in memory.
+
+    @ivar base: the base offset (the file name).
+    @ivar fd: the open file (read-write) or L{None} once closed.
+    @ivar size: bytes of complete batches in the file.
+    @ivar next_offset: the offset after its last batch.
+    @ivar max_ts: the largest batch max timestamp, -1 when none.
+    @ivar idx_off: offsets of the sparse offset index entries.
+    @ivar idx_pos: their file positions.
+    @ivar time_ts: timestamps of the time index entries.
+    @ivar time_off: their offsets.
+    @ivar busy: thread pool jobs using C{fd} now; it is closed at 0 when
+        C{dead}.
+    @ivar saved: the index files on disk match the in-memory index.
+    """
+
+    __slots__ = (
+        "shard", "base", "path", "fd", "size", "next_offset", "max_ts",
+        "created_ms", "last_write_ms", "idx_off", "idx_pos", "time_ts",
+        "time_off", "since_index", "busy", "dead", "sealed", "saved",
+    )
+
+    def __init__(self, shard, base, path, fd, created_ms):
+        self.shard = shard
+        self.base = base
+        self.path = path
+        self.fd = fd
+        self.size = 0
+        self.next_offset = base
+        self.max_ts = -1
+        self.created_ms = created_ms
+        self.last_write_ms = created_ms
+        self.since_index = 0
+        self.busy = 0
+        self.dead = False
+        self.sealed = False
+        self.saved = False
+        self.reset_index()
+
+    def reset_index(self):
+        self.idx_off = array("q")
+        self.idx_pos = array("q")
+        self.time_ts = array("q")
+        self.time_off = array("q")
+        self.since_index = 0
+        self.max_ts = -1
+        self.size = 0
+        self.next_offset = self.base
+
+    def note(self, pos, base, nxt, length, max_ts, interval):
+        """
+        Account for the batch written at C{pos}.
+        """
+        if pos and self.since_index >= interval:
+            self.idx_off.append(base)
+            self.idx_pos.append(pos)
+            time_ts = self.time_ts
+            if self.max_ts > (time_ts[-1] if time_ts else -1):
+                time_ts.append(self.max_ts)
+                self.time_off.append(base)
+            self.since_index = 0
+        self.since_index += length
+        if max_ts > self.max_ts:
+            self.max_ts = max_ts
+        self.next_offset = nxt
+        self.size = pos + length
+
+    def position_of(self, offset):
+        """
+        A file position at or before the batch holding C{offset}.
+        """
+        i = bisect_right(self.idx_off, offset) - 1
+        return self.idx_pos[i] if i >= 0 else 0
+
+    def time_start(self, timestamp_ms):
+        """
+        An offset before which no batch reaches C{timestamp_ms}.
+        """
+        j = bisect_left(self.time_ts, timestamp_ms) - 1
+        return self.time_off[j] if j >= 0 else self.base
+
+    def age_ms(self):
+        """
+        The timestamp retention by age looks at.
+        """
+        return self.max_ts if self.max_ts >= 0 else self.last_write_ms
+
+    def index_paths(self):
+        stem = self.path[:-len(".log")]
+        return stem + ".index", stem + ".timeindex"
+
+    def encode_index(self):
+        """
+        The bytes of the C{.index} and C{.timeindex} files.
+        """
+        base = self.base
+        pack = _OFFSET_ENTRY.pack
+        body = b"".join(pack(o - base, p) for o, p in zip(self.idx_off, self.idx_pos))
+        offsets = body + pack(len(self.idx_off), crc32c(body))
+        pack = _TIME_ENTRY.pack
+        body = b"".join(pack(t, o - base) for t, o in zip(self.time_ts, self.time_off))
+        times = body + pack(len(self.idx_off), crc32c(body))
+        return offsets, times
+
+    def load_index(self, offsets, times):
+        """
+        Take the index from the bytes of the index files, when they are
+        consistent with each other and with the file size.
+
+        @return: L{None} when loaded, else what is wrong.
+        """
+        n, rest = divmod(len(offsets), 8)
+        if rest or not n:
+            return "offset index of {} bytes".format(len(offsets))
+        count, crc = _OFFSET_ENTRY.unpack_from(offsets, len(offsets) - 8)
+        body = memoryview(offsets)[:-8]
+        if count != n - 1 or crc32c(body) != crc:
+            return "offset index trailer mismatch"
+        m, rest = divmod(len(times), 12)
+        if rest or not m:
+            return "time index of {} bytes".format(len(times))
+        tcount, tcrc = _TIME_ENTRY.unpack_from(times, len(times) - 12)
+        tbody = memoryview(times)[:-12]
+        if tcount != count or crc32c(tbody) != tcrc:
+            return "time index trailer mismatch"
+        base = self.base
+        idx_off = array("q")
+        idx_pos = array("q")
+        last_off = base
+        last_pos = 0
+        for rel, pos in _OFFSET_ENTRY.iter_unpack(body):
+            off = base + rel
+            if off <= last_off or pos <= last_pos or pos >= self.size:
+                return "offset index entries out of order"
+            idx_off.append(off)
+            idx_pos.append(pos)
+            last_off, last_pos = off, pos
+        known = set(idx_off)
+        time_ts = array("q")
+        time_off = array("q")
+        last_ts = -1
+        for ts, rel in _TIME_ENTRY.iter_unpack(tbody):
+            if ts <= last_ts or base + rel not in known:
+                return "time index entries out of order"
+            time_ts.append(ts)
+            time_off.append(base + rel)
+            last_ts = ts
+        self.idx_off, self.idx_pos = idx_off, idx_pos
+        self.time_ts, self.time_off = time_ts, time_off
+        self.max_ts = time_ts[-1] if time_ts else -1
+        return None
+
+
+class SegmentShard(ShardBase):
+    """
+    A shard of the segment driver.
+
+    @ivar directory: its directory.
+    @ivar segments: its segments, oldest first; the last one is active.
+    @ivar bases: their base offsets.
+    """
+
+    def __init__(self, name, directory, log_start=0, retention_bytes=None, retention_ms=None):
+        ShardBase.__init__(self, name, log_start, log_start, retention_bytes, retention_ms)
+        self.directory = directory
+        self.segments = []
+        self.bases = []
+
+    @property
+    def active(self):
+        return self.segments[-1]
+
+    def add_segment(self, segment):
+        self.segments.append(segment)
+        self.bases.append(segment.base)
+
+    def size_bytes(self):
+        return sum(s.size for s in self.segments)
+
+
+def _scan(fd, segment, pos, size, interval):
+    """
+    Walk and check (length, magic, offsets, CRC-32C) the batches of a
+    segment file from C{pos}, where a batch with offset
+    C{segment.next_offset} must start, noting each in C{segment}.
+
+    @return: C{None} when the file ends exactly after a valid batch, else a
+        description of the first problem (the segment then ends before it).
+    """
+    segment.size = pos
+    buf = b""
+    buf_pos = pos
+    expected = segment.next_offset
+    note = segment.note
+    while pos < size:
+        rel = pos - buf_pos
+        if rel + HEADER_SIZE > len(buf):
+            buf = os.pread(fd, _SCAN_CHUNK, pos)
+            buf_pos, rel = pos, 0
+            if len(buf) < HEADER_SIZE:
+                return "torn batch header of {} bytes at position {}".format(len(buf), pos)
+        t = HEADER.unpack_from(buf, rel)
+        base, length = t[0], t[1] + LOG_OVERHEAD
+        if t[3] != MAGIC:
+            return "bad magic {} at position {}".format(t[3], pos)
+        if length < HEADER_SIZE or t[6] < 0:
+            return "bad batch length {} at position {}".format(length, pos)
+        if pos + length > size:
+            return "torn batch at position {}: {} of {} bytes".format(pos, size - pos, length)
+        if base != expected:
+            return "offset {} at position {} where {} was expected".format(base, pos, expected)
+        if rel + length > len(buf):
+            buf = os.pread(fd, max(_SCAN_CHUNK, length), pos)
+            buf_pos, rel = pos, 0
+            if len(buf) < length:
+                return "torn batch at position {}".format(pos)
+        if crc32c(memoryview(buf)[rel + CRC_START:rel + length]) != t[4]:
+            return "CRC mismatch in the batch at position {}".format(pos)
+        expected = base + t[6] + 1
+        note(pos, base, expected, length, t[8], interval)
+        pos += length
+    return None
+
+
+def _fsync_job(fds, dirs):
+    """
+    fsync files, then directories; returns the errors by index of C{fds}
+    and by directory path.
+    """
+    failed = {}
+    for i, fd in enumerate(fds):
+        try:
+            _fdatasync(fd)
+        except OSError as e:
+            failed[i] = e
+    dir_failed = {}
+    for path in dirs:
+        try:
+            fsync_dir(path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                dir_failed[path] = e
+    return failed, dir_failed
+
+
+def _seal_job(segment):
+    """
+    Make a sealed segment and its index files durable.
+    """
+    _fdatasync(segment.fd)
+    offsets, times = segment.encode_index()
+    index_path, time_path = segment.index_paths()
+    write_file_atomically(index_path, offsets)
+    write_file_atomically(time_path, times)
+    fsync_dir(segment.shard.directory)
+
+
+def _unlink_job(paths):
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class SegmentDriver(Driver):
+    """
+    Shards as directories of segment files.
+
+    @ivar root: C{<data_dir>/storage/segment}.
+    """
+
+    name = "segment"
+
+    def __init__(self, config, data_dir, reactor, pool):
+        Driver.__init__(self, config, data_dir, reactor, pool)
+        self.root = os.path.join(data_dir, "storage", "segment")
+        self.policy = config.fsync_policy
+        if self.policy not in ("every_batch", "interval_ms", "never"):
+            raise ValueError("unknown fsync_policy {!r}".format(self.policy))
+        self.interval = int(config.index_interval_bytes)
+        self.segment_bytes = int(config.segment_bytes)
+        if not 0 < self.segment_bytes <= _MAX_SEGMENT_BYTES:
+            raise ValueError("segment_bytes must be in 1..{}".format(_MAX_SEGMENT_BYTES))
+        self.segment_ms = int(config.segment_ms)
+        self.fsync_interval_ms = int(config.fsync_interval_ms)
+        self._dirty = {}
+        self._dirty_dirs = set()
+        self._waiters = []
+        self._sync_call = None
+        self._syncing = False
+        self._jobs = set()
+        self._sync_loop = None
+        self._deleted = 0
+
+    # background jobs
+
+    def _run(self, then, f, *args):
+        """
+        Run C{f(*args)} in the pool, then C{then(result)} (when not
+        L{None}) on the reactor thread; C{close} waits for both.
+        """
+        finished = Deferred()
+        self._jobs.add(finished)
+        d = deferToThreadPool(self.reactor, self.pool, f, *args)
+        if then is not None:
+            d.addBoth(then)
+
+        def done(result):
+            self._jobs.discard(finished)
+            finished.callback(None)
+            return result
+
+        return d.addBoth(done)
+
+    def _background(self, what, f, *args):
+        """
+        Run C{f(*args)} in the pool, log its failure.
+        """
+
+        def failed(failure):
+            self.log.failure("storage: {what} failed", failure, what=what)
+
+        return self._run(None, f, *args).addErrback(failed)
+
+    def _release(self, segment):
+        segment.busy -= 1
+        if segment.dead and segment.busy == 0:
+            self._close_fd(segment)
+
+    def _close_fd(self, segment):
+        if segment.fd is not None:
+            try:
+                os.close(segment.fd)
+            except OSError:
+                pass
+            segment.fd = None
+
+    # opening
+
+    def open(self):
+        try:
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as e:
+            return fail(StorageError.from_os_error("create " + self.root, e))
+        return self._run(None, self._recover_all, now_ms(self.reactor)).addCallback(
+            self._recovered
+        )
+
+    def _recover_all(self, now):
+        """
+        In a thread: find and recover every shard under the root.
+        """
+        marker = os.path.join(self.root, CLEAN_MARKER)
+        clean = os.path.exists(marker)
+        shards = []
+        notes = []
+        for entry in sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, entry)
+            if entry.startswith("."):
+                continue
+            if entry.endswith(".tmp") or ".deleted-" in entry:
+                shutil.rmtree(path, ignore_errors=True)
+                notes.append(("removed the leftover directory {}".format(entry), None))
+                continue
+            if not os.path.isdir(path):
+                continue
+            try:
+                shards.append(self._recover_shard(path, clean, now, notes))
+            except BaseException:
+                for shard in shards:
+                    for segment in shard.segments:
+                        os.close(segment.fd)
+                raise
+        if clean:
+            os.unlink(marker)
+            fsync_dir(self.root)
+        return shards, notes, clean
+
+    def _recover_shard(self, directory, clean, now, notes):
+        try:
+            with open(os.path.join(directory, META_FILE), "rb") as f:
+                meta = json.loads(f.read())
+            name = meta["name"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise StorageError(
+                "cannot read the metadata of shard directory {}: {}".format(directory, e)
+            ) from None
+        log_start = 0
+        try:
+            with open(os.path.join(directory, LOG_START_FILE), "rb") as f:
+                log_start = int(f.read().strip() or 0)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as e:
+            notes.append((
+                "shard {!r}: ignoring an unreadable {}: {}".format(name, LOG_START_FILE, e), None
+            ))
+        shard = SegmentShard(
+            name, directory, log_start, meta.get("retention_bytes"), meta.get("retention_ms")
+        )
+        bases = []
+        for entry in os.listdir(directory):
+            stem, dot, suffix = entry.partition(".")
+            if entry.endswith(".tmp"):
+                os.unlink(os.path.join(directory, entry))
+            elif suffix == "log" and stem.isdigit():
+                bases.append(int(stem))
+        bases.sort()
+        known = set(bases)
+        for entry in os.listdir(directory):
+            stem, dot, suffix = entry.partition(".")
+            if suffix in ("index", "timeindex") and stem.isdigit() and int(stem) not in known:
+                os.unlink(os.path.join(directory, entry))
+        for k, base in enumerate(bases):
+            tail = k == len(bases) - 1
+            segment = self._recover_segment(shard, base, tail, clean, now, notes)
+            if segment.size == 0 and not tail:
+                notes.append(("shard {!r}: removed the empty segment {}".format(name, base), None))
+                os.close(segment.fd)
+                _unlink_job([segment.path] + list(segment.index_paths()))
+                continue
+            if shard.segments and shard.active.next_offset != base:
+                notes.append((
+                    "shard {!r}: offsets {}..{} are missing between segments".format(
+                        name, shard.active.next_offset, base - 1
+                    ),
+                    "error",
+                ))
+            shard.add_segment(segment)
+        if not shard.segments:
+            path = segment_file(directory, log_start, ".log")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            shard.add_segment(Segment(shard, log_start, path, fd, now))
+            notes.append((
+                "shard {!r}: no segment found, started one at {}".format(name, log_start), None
+            ))
+        shard.log_start = max(shard.log_start, shard.segments[0].base)
+        shard.next_offset = shard.active.next_offset
+        if shard.log_start > shard.next_offset:
+            shard.log_start = shard.next_offset
+        return shard
+
+    def _recover_segment(self, shard, base, tail, clean, now, notes):
+        """
+        Open one segment file, load or rebuild its index, cut a torn or
+        corrupt end.
+        """
+        path = segment_file(shard.directory, base, ".log")
+        fd = os.open(path, os.O_RDWR)
+        segment = Segment(shard, base, path, fd, now)
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            segment.last_write_ms = int(st.st_mtime * 1000)
+            segment.size = size
+            index_path, time_path = segment.index_paths()
+            problem = "missing"
+            if tail and not clean:
+                # Written at an earlier clean close: stale now.
+                _unlink_job([index_path, time_path])
+            else:
+                try:
+                    with open(index_path, "rb") as f:
+                        offsets = f.read()
+                    with open(time_path, "rb") as f:
+                        times = f.read()
+                except FileNotFoundError:
+                    pass
+                else:
+                    problem = segment.load_index(offsets, times)
+            damage = None
+            if problem is None and size == 0 and not segment.idx_pos:
+                segment.reset_index()
+            elif problem is None:
+                # Check the indexed batches exist, and walk (CRC included) from
+                # the last index entry to the end.
+                start = segment.idx_pos[-1] if segment.idx_pos else 0
+                head = os.pread(fd, LOG_OVERHEAD, start)
+                start_off = segment.idx_off[-1] if segment.idx_off else base
+                if len(head) < LOG_OVERHEAD or _BASE_AND_LENGTH.unpack(head)[0] != start_off:
+                    problem = "index entry does not point at its batch"
+                else:
+                    max_ts = segment.max_ts
+                    segment.next_offset = start_off
+                    segment.since_index = 0
+                    damage = _scan(fd, segment, start, size, self.interval)
+                    segment.max_ts = max(segment.max_ts, max_ts)
+            if problem is not None:
+                if problem != "missing" or clean or not tail:
+                    notes.append((
+                        "shard {!r}: rebuilding the index of segment {} ({})".format(
+                            shard.name, base, problem
+                        ),
+                        "warn",
+                    ))
+                segment.reset_index()
+                damage = _scan(fd, segment, 0, size, self.interval)
+            if damage is not None:
+                notes.append((
+                    "shard {!r}: segment {}: {}; cut {} bytes at position {} (offset {})".format(
+                        shard.name, base, damage, size - segment.size, segment.size,
+                        segment.next_offset,
+                    ),
+                    "warn",
+                ))
+                os.ftruncate(fd, segment.size)
+                os.fsync(fd)
+            os.lseek(fd, segment.size, os.SEEK_SET)
+            if tail:
+                segment.created_ms = now
+            else:
+                segment.sealed = True
+                if problem is not None or damage is not None:
+                    offsets, times = segment.encode_index()
+                    write_file_atomically(index_path, offsets)
+                    write_file_atomically(time_path, times)
+                segment.saved = True
+            if problem is None and damage is None and clean:
+                segment.saved = True
+        except BaseException:
+            os.close(fd)
+            raise
+        return segment
+
+    def _recovered(self, result):
+        shards, notes, clean = result
+        for shard in shards:
+            if shard.name in self.shards:
+                raise StorageError("two directories hold shard {!r}".format(shard.name))
+            self.shards[shard.name] = shard
+        for text, level in notes:
+            if level == "error":
+                self.log.error("storage recovery: {text}", text=text)
+            elif level == "warn":
+                self.log.warn("storage recovery: {text}", text=text)
+            else:
+                self.log.info("storage recovery: {text}", text=text)
+        self.log.info(
+            "segment storage opened: {count} shards ({how} shutdown before)",
+            count=len(shards), how="clean" if clean else "unclean",
+        )
+        self.opened = True
+        if self.policy == "interval_ms":
+            self._sync_loop = LoopingCall(self._sync)
+            self._sync_loop.clock = self.reactor
+            self._sync_loop.start(self.fsync_interval_ms / 1000.0, now=False)
+        return None
+
+    # shards
+
+    def create(self, name, retention_bytes=None, retention_ms=None):
+        if name in self.shards:
+            raise ShardExists("shard {!r} exists".format(name))
+        if not self.opened or self.closing:
+            raise StorageError("the segment storage driver is not open")
+        directory = os.path.join(self.root, shard_dir_name(name))
+        tmp = directory + ".tmp"
+        meta = json.dumps(
+            {"name": name, "retention_bytes": retention_bytes, "retention_ms": retention_ms}
+        ).encode("utf-8")
+        try:
+            if os.path.exists(directory):
+                raise StorageError(
+                    "cannot create shard {!r}: {} exists".format(name, directory),
+                    errno.EEXIST,
+                )
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)
+            os.mkdir(tmp)
+            write_file_atomically(os.path.join(tmp, META_FILE), meta, sync=False)
+            os.close(os.open(segment_file(tmp, 0, ".log"), os.O_WRONLY | os.O_CREAT, 0o644))
+            os.rename(tmp, directory)
+            fd = os.open(segment_file(directory, 0, ".log"), os.O_RDWR)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StorageError.from_os_error("create shard {!r}".format(name), e) from None
+        shard = SegmentShard(name, directory, 0, retention_bytes, retention_ms)
+        shard.add_segment(
+            Segment(shard, 0, segment_file(directory, 0, ".log"), fd, now_ms(self.reactor))
+        )
+        self.shards[name] = shard
+        self._dirty_dirs.add(directory)
+        self._dirty_dirs.add(self.root)
+
+    def delete(self, name):
+        try:
+            shard = self.get(name)
+            self._deleted += 1
+            gone = "{}.deleted-{}-{}".format(shard.directory, os.getpid(), self._deleted)
+            os.rename(shard.directory, gone)
+        except OSError as e:
+            return fail(StorageError.from_os_error("delete shard {!r}".format(name), e))
+        except Exception:
+            return fail()
+        del self.shards[name]
+        waiters = []
+        for waiter in self._waiters:
+            if waiter[0] is shard:
+                waiter[1].callback(None)
+            else:
+                waiters.append(waiter)
+        self._waiters = waiters
+        for segment in shard.segments:
+            self._discard(segment)
+        self._dirty_dirs.discard(shard.directory)
+        self._dirty_dirs.add(self.root)
+        return self._run(None, shutil.rmtree, gone, True).addCallback(lambda _: None)
+
+    def _discard(self, segment):
+        """
+        Forget a segment: its fd closes when no job uses it any more.
+        """
+        segment.dead = True
+        self._dirty.pop(segment, None)
+        if segment.busy == 0:
+            self._close_fd(segment)
+
+    # appends
+
+    def _store(self, shard, data, batches):
+        segment = shard.active
+        now = int(self.reactor.seconds() * 1000)
+        if segment.size and (
+            segment.size + len(data) > self.segment_bytes
+            or now - segment.created_ms >= self.segment_ms
+        ):
+            segment = self._roll(shard, now)
+        pos = segment.size
+        self._write(segment, data, pos)
+        segment.last_write_ms = now
+        note = segment.note
+        interval = self.interval
+        for p, base, nxt, size, max_ts in batches:
+            note(pos + p, base, nxt, size, max_ts, interval)
+        shard.next_offset = nxt
+        segment.saved = False
+        if self.policy == "never":
+            return None
+        self._dirty[segment] = None
+        if self.policy == "interval_ms":
+            return None
+        d = Deferred()
+        self._waiters.append((shard, d))
+        if self._sync_call is None and not self._syncing:
+            self._sync_call = self.reactor.callLater(0, self._sync)
+        return d
+
+    def _write(self, segment, data, pos):
+        """
+        Write C{data} at the end of C{segment}; on failure cut the file back
+        to C{pos} and raise L{StorageError}.
+        """
+        fd = segment.fd
+        try:
+            done = os.write(fd, data)
+            if done < len(data):
+                view = memoryview(data)
+                while done < len(data):
+                    done += os.write(fd, view[done:])
+        except OSError as e:
+            try:
+                os.ftruncate(fd, pos)
+                os.lseek(fd, pos, os.SEEK_SET)
+            except OSError as e2:
+                segment.shard.failed = "cannot cut {} back after a failed write: {}".format(
+                    segment.path, e2
+                )
+                self.log.critical(
+                    "storage: shard {shard!r} is now read-only: {why}",
+                    shard=segment.shard.name, why=segment.shard.failed,
+                )
+            raise StorageError.from_os_error(
+                "append to shard {!r}".format(segment.shard.name), e
+            ) from None
+
+    def _roll(self, shard, now):
+        """
+        Seal the active segment of C{shard} and start a new one at its next
+        offset.
+        """
+        old = shard.active
+        base = shard.next_offset
+        path = segment_file(shard.directory, base, ".log")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as e:
+            raise StorageError.from_os_error("roll shard {!r}".format(shard.name), e) from None
+        segment = Segment(shard, base, path, fd, now)
+        shard.add_segment(segment)
+        self._dirty_dirs.add(shard.directory)
+        self._seal(old)
+        self._retain(shard, now)
+        return segment
+
+    def _seal(self, segment):
+        segment.sealed = True
+        segment.busy += 1
+
+        def sealed(result):
+            self._release(segment)
+            if isinstance(result, Failure):
+                self.log.failure(
+                    "storage: sealing segment {path} failed", result, path=segment.path
+                )
+            else:
+                segment.saved = True
+
+        # A sealed segment's index does not change any more: it is encoded
+        # in the thread.
+        self._run(sealed, _seal_job, segment)
+
+    # group commit
+
+    def _sync(self):
+        """
+        fsync every segment written since the last fsync, in the pool; then
+        fire the appends waiting for it.
+        """
+        self._sync_call = None
+        if self._syncing or not (self._dirty or self._waiters or self._dirty_dirs):
+            return
+        segments = list(self._dirty)
+        self._dirty.clear()
+        dirs = sorted(self._dirty_dirs)
+        self._dirty_dirs.clear()
+        waiters = self._waiters
+        self._waiters = []
+        for segment in segments:
+            segment.busy += 1
+        self._syncing = True
+        self._run(
+            lambda result: self._synced(result, segments, waiters),
+            _fsync_job, [s.fd for s in segments], dirs,
+        )
+
+    def _synced(self, result, segments, waiters):
+        self._syncing = False
+        for segment in segments:
+            self._release(segment)
+        if isinstance(result, Failure):
+            failed_shards = {s.shard: result.value for s in segments}
+            self.log.failure("storage: fsync failed", result)
+        else:
+            failed, dir_failed = result
+            failed_shards = {segments[i].shard: e for i, e in failed.items()}
+            for path, e in dir_failed.items():
+                self.log.error("storage: fsync of {path} failed: {e}", path=path, e=e)
+        for shard, e in failed_shards.items():
+            shard.failed = "fsync failed: {}".format(e)
+            self.log.critical(
+                "storage: shard {shard!r} is now read-only: {why}",
+                shard=shard.name, why=shard.failed,
+            )
+        for shard, d in waiters:
+            e = failed_shards.get(shard)
+            if e is None:
+                d.callback(None)
+            elif isinstance(e, OSError):
+                d.errback(StorageError.from_os_error("fsync shard {!r}".format(shard.name), e))
+            else:
+                d.errback(StorageError("fsync shard {!r}: {}".format(shard.name, e)))
+        if self._waiters and self._sync_call is None and not self.closing:
+            self._sync_call = self.reactor.callLater(0, self._sync)
+
+    # reads
+
+    def read(self, name, offset, max_bytes):
+        shard = self.get(name)
+        shard.check_range(offset)
+        if offset == shard.next_offset:
+            return []
+        segments = shard.segments
+        k = max(bisect_right(shard.bases, offset) - 1, 0)
+        segment = segments[k]
+        pos = segment.position_of(offset)
+        out = []
+        budget = max_bytes
+        skipping = True
+        slack = self.interval + 2 * HEADER_SIZE
+        unpack_length = _LENGTH.unpack_from
+        unpack_base = _BASE_AND_LENGTH.unpack_from
+        unpack_delta = _LAST_DELTA.unpack_from
+        pread = os.pread
+        while True:
+            end = segment.size
+            fd = segment.fd
+            while pos < end:
+                want = max(budget, 0) + (slack if skipping else HEADER_SIZE)
+                chunk = pread(fd, min(end - pos, want), pos)
+                clen = len(chunk)
+                p = 0
+                while p + HEADER_SIZE <= clen:
+                    length = unpack_length(chunk, p + 8)[0] + LOG_OVERHEAD
+                    if skipping:
+                        if unpack_base(chunk, p)[0] + unpack_delta(chunk, p + 23)[0] < offset:
+                            p += length
+                            continue
+                        skipping = False
+                    if out and length > budget:
+                        return out
+                    if p + length > clen:
+                        if p == 0:
+                            out.append(pread(fd, length, pos))
+                            budget -= length
+                            p = length
+                        break
+                    out.append(chunk[p:p + length])
+                    budget -= length
+                    p += length
+                    if budget <= 0:
+                        return out
+                if p == 0:
+                    break
+                pos += p
+            k += 1
+            if k >= len(segments):
+                return out
+            segment = segments[k]
+            pos = 0
+
+    def _headers(self, segment, pos):
+        """
+        Iterate C{(position, header tuple)} of the batches of C{segment}
+        from C{pos}.
+        """
+        end = segment.size
+        while pos < end:
+            chunk = os.pread(segment.fd, min(end - pos, 65536), pos)
+            p = 0
+            while p + HEADER_SIZE <= len(chunk):
+                t = HEADER.unpack_from(chunk, p)
+                yield pos + p, t
+                p += t[1] + LOG_OVERHEAD
+            if p == 0:
+                return
+            pos += p
+
+    def offset_for_timestamp(self, name, timestamp_ms):
+        shard = self.get(name)
+        earliest = shard.log_start
+        for segment in list(shard.segments):
+            if segment.max_ts < timestamp_ms or segment.next_offset <= earliest:
+                continue
+            start = max(segment.time_start(timestamp_ms), earliest)
+            for pos, t in self._headers(segment, segment.position_of(start)):
+                if t[8] >= timestamp_ms and t[0] + t[6] >= earliest:
+                    batch = os.pread(segment.fd, t[1] + LOG_OVERHEAD, pos)
+                    found = self.first_at_or_after(batch, timestamp_ms, earliest)
+                    if found is not None:
+                        return found
+        return None
+
+    def size_bytes(self, name):
+        return self.get(name).size_bytes()
+
+    # deleting
+
+    def truncate_before(self, name, offset):
+        try:
+            shard = self.get(name)
+            if not shard.truncation_needed(offset):
+                return succeed(None)
+            if shard.active.next_offset <= offset and shard.active.size:
+                self._roll(shard, now_ms(self.reactor))
+            shard.log_start = offset
+            write_file_atomically(
+                os.path.join(shard.directory, LOG_START_FILE),
+                str(offset).encode("ascii"), sync=False,
+            )
+        except OSError as e:
+            return fail(StorageError.from_os_error("truncate shard {!r}".format(name), e))
+        except Exception:
+            return fail()
+        doomed = []
+        while len(shard.segments) > 1 and shard.segments[0].next_offset <= offset:
+            doomed.append(self._drop_oldest(shard))
+        path = os.path.join(shard.directory, LOG_START_FILE)
+        return self._run(None, self._truncate_job, path, shard.directory, doomed)
+
+    @staticmethod
+    def _truncate_job(path, directory, doomed):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        for paths in doomed:
+            _unlink_job(paths)
+        fsync_dir(directory)
+
+    def _drop_oldest(self, shard):
+        segment = shard.segments.pop(0)
+        shard.bases.pop(0)
+        self._discard(segment)
+        shard.log_start = max(shard.log_start, shard.segments[0].base)
+        return [segment.path] + list(segment.index_paths())
+
+    def _retain(self, shard, now):
+        """
+        Delete the oldest sealed segments of C{shard} beyond its retention.
+        """
+        retention_bytes, retention_ms = self.retention_of(shard)
+        if retention_bytes < 0 and retention_ms < 0:
+            return
+        doomed = []
+        total = shard.size_bytes()
+        segments = shard.segments
+        while len(segments) > 1:
+            oldest = segments[0]
+            if not (
+                (retention_bytes >= 0 and total - oldest.size >= retention_bytes)
+                or (retention_ms >= 0 and oldest.age_ms() < now - retention_ms)
+            ):
+                break
+            total -= oldest.size
+            doomed.extend(self._drop_oldest(shard))
+        if doomed:
+            self.log.info(
+                "storage: retention deleted {count} segments of shard {shard!r}",
+                count=len(doomed) // 3, shard=shard.name,
+            )
+            self._background("deleting old segments", _unlink_job, doomed)
+
+    def apply_retention(self, now=None):
+        now = now_ms(self.reactor) if now is None else now
+        for shard in list(self.shards.values()):
+            self._retain(shard, now)
+
+    # closing
+
+    def close(self):
+        if self.closing:
+            return succeed(None)
+        self.closing = True
+        if self._sync_loop is not None and self._sync_loop.running:
+            self._sync_loop.stop()
+        if self._sync_call is not None:
+            self._sync_call.cancel()
+            self._sync_call = None
+        if not self.opened:
+            return succeed(None)
+        d = self._drain()
+        d.addCallback(lambda _: self._run(None, self._close_job, list(self.shards.values())))
+        d.addCallback(self._closed)
+        return d
+
+    def _drain(self):
+        """
+        Sync what is waiting and wait for every job of the pool.
+        """
+        if self._sync_call is not None:
+            self._sync_call.cancel()
+            self._sync_call = None
+        if not self._syncing and (self._waiters or self._dirty):
+            self._sync()
+        if self._jobs:
+            return DeferredList(list(self._jobs)).addCallback(lambda _: self._drain())
+        return succeed(None)
+
+    def _close_job(self, shards):
+        """
+        In a thread: fsync and close every segment, save the indexes, and
+        mark the shutdown clean.
+        """
+        errors = []
+        for shard in shards:
+            for segment in shard.segments:
+                try:
+                    if not segment.saved:
+                        _fdatasync(segment.fd)
+                        offsets, times = segment.encode_index()
+                        index_path, time_path = segment.index_paths()
+                        write_file_atomically(index_path, offsets)
+                        write_file_atomically(time_path, times)
+                except OSError as e:
+                    errors.append(e)
+                finally:
+                    os.close(segment.fd)
+                    segment.fd = None
+            try:
+                fsync_dir(shard.directory)
+            except OSError as e:
+                errors.append(e)
+        if errors:
+            raise StorageError.from_os_error("close segment storage", errors[0])
+        write_file_atomically(os.path.join(self.root, CLEAN_MARKER), b"")
+        fsync_dir(self.root)
+
+    def _closed(self, _):
+        self.opened = False
+        self.shards.clear()
+        for shard, d in self._waiters:
+            d.errback(StorageError("storage closed before the append was synced"))
+        self._waiters = []
+        self.log.info("segment storage closed")
