@@ -639,8 +639,10 @@ class SegmentDriver(Driver):
             else:
                 self.log.info("storage recovery: {text}", text=text)
         self.log.info(
-            "segment storage opened: {count} shards ({how} shutdown before)",
-            count=len(shards), how="clean" if clean else "unclean",
+            "segment storage opened: {count} shards ({how})",
+            count=len(shards),
+            how="clean shutdown before" if clean else (
+                "unclean shutdown before" if shards else "new"),
         )
         self.opened = True
         if self.policy == "interval_ms":
