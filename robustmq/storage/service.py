@@ -40,7 +40,10 @@ class StorageService(Service):
     def __init__(self, config, data_dir, reactor):
         self.data_dir = data_dir
         self.reactor = reactor
-        self.storage = StorageDriverManager(config, data_dir, reactor)
+        self.storage = StorageDriverManager(
+            config, data_dir, reactor,
+            retention_check_s=config.retention_check_interval_ms / 1000.0,
+        )
         self.offsets = OffsetManager(config, data_dir, reactor)
         self.meta = MetaStore(config, data_dir, reactor)
         self.opened = Deferred()

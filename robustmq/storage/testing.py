@@ -20,6 +20,7 @@ DEFAULTS = {
     "index_interval_bytes": 4096,
     "retention_bytes": -1,
     "retention_ms": 604800000,
+    "retention_check_interval_ms": 60000,
 }
 
 
