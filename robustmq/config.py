@@ -785,6 +785,11 @@ class StorageConfig:
         "Milliseconds a segment is kept after its last write; -1 = unlimited.",
         604800000,
     )
+    retention_check_interval_ms: int = setting(
+        Integer(minimum=0, exclusive=True),
+        "How often retention by size and age is applied to every shard.",
+        60000,
+    )
 
     def driver_for(self, protocol_name):
         """
