@@ -124,9 +124,13 @@ class BrokerServer(MultiService):
 
     def privilegedStartService(self):
         """
-        Bind every listener of every protocol before anything runs; when any
-        fails, close those bound and raise one L{ListenError} naming all.
+        Take the data directory (L{StorageError} when another process holds
+        it), then bind every listener of every protocol before anything
+        runs; when any fails, close those bound and raise one
+        L{ListenError} naming all.
         """
+        for service in self.shared_services:
+            service.privilegedStartService()
         problems = []
         for service in [self.admin] + self.protocols:
             try:
@@ -137,9 +141,8 @@ class BrokerServer(MultiService):
             for service in [self.admin] + self.protocols:
                 service.stop_listening()
             self.status = "failed"
+            self.storage_service.unlock()
             raise ListenError(problems)
-        for service in self.shared_services:
-            service.privilegedStartService()
 
     def startService(self):
         MultiService.startService(self)

@@ -13,6 +13,7 @@ from robustmq.config import ConfigError, load_config
 from robustmq.logs import observer_factory
 from robustmq.network.service import ListenError
 from robustmq.server import BrokerServer
+from robustmq.storage.errors import StorageError
 
 
 class Options(usage.Options):
@@ -65,10 +66,10 @@ class TwistdBrokerServer(BrokerServer):
     def privilegedStartService(self):
         try:
             BrokerServer.privilegedStartService(self)
-        except ListenError as e:
+        except (ListenError, StorageError) as e:
             # twistd has redirected sys.stderr into the log by now: say it
             # on the real stderr as well as in the log.
-            for line in e.problems:
+            for line in getattr(e, "problems", None) or [str(e)]:
                 self.log.error("error: {problem}", problem=line)
                 sys.__stderr__.write("error: " + line + "\n")
             sys.__stderr__.flush()

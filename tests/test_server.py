@@ -379,3 +379,24 @@ class PlaceholderTests(BrokerTestCase):
             yield proto.lost
         self.assertEqual(broker.connections.count(), 0)
         self.assertEqual(broker.status, "ok")
+
+
+class DataDirLockTests(BrokerTestCase):
+    @inlineCallbacks
+    def test_one_broker_per_data_dir(self):
+        """
+        A second broker on the same data_dir stops before binding anything;
+        once the first has stopped, the directory is free again.
+        """
+        from robustmq.storage.errors import StorageError
+
+        data = self.mktemp()
+        first = BrokerServer(local_config(data), reactor=reactor)
+        yield self.start(first)
+        second = BrokerServer(local_config(data), reactor=reactor)
+        e = self.assertRaises(StorageError, second.privilegedStartService)
+        self.assertIn("in use by another process", str(e))
+        self.assertEqual(second.node.listeners(), [])
+        yield first.stopService()
+        third = BrokerServer(local_config(data), reactor=reactor)
+        yield self.start(third)

@@ -4,6 +4,7 @@ L{StorageService}: opens the storage engine, the committed offsets and the
 metadata store when the broker starts, and closes them last when it stops.
 """
 
+import fcntl
 import os
 
 from twisted.application.service import Service
@@ -48,6 +49,43 @@ class StorageService(Service):
         self.meta = MetaStore(config, data_dir, reactor)
         self.opened = Deferred()
         self._opening = None
+        self._lock_fd = None
+
+    def lock(self):
+        """
+        Take the data directory for this process alone (an exclusive
+        C{flock} on C{data_dir/.lock}), so two brokers never share one.
+
+        @raise StorageError: another process holds it, or it cannot be
+            created.
+        """
+        if self._lock_fd is not None:
+            return
+        path = os.path.join(self.data_dir, ".lock")
+        try:
+            os.makedirs(self.data_dir, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError.from_os_error("lock " + self.data_dir, e)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageError(
+                "data_dir {} is in use by another process".format(self.data_dir)
+            )
+        os.ftruncate(fd, 0)
+        os.write(fd, b"%d\n" % os.getpid())
+        self._lock_fd = fd
+
+    def unlock(self):
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def privilegedStartService(self):
+        Service.privilegedStartService(self)
+        self.lock()
 
     def startService(self):
         Service.startService(self)
@@ -81,6 +119,7 @@ class StorageService(Service):
         """
         Service.stopService(self)
         if self._opening is None:
+            self.unlock()
             return succeed(None)
 
         def close(_):
@@ -89,4 +128,10 @@ class StorageService(Service):
                 consumeErrors=True,
             ).addErrback(_first_error)
 
-        return self._opening.addCallback(close).addCallback(lambda _: None)
+        d = self._opening.addCallback(close)
+
+        def unlock(result):
+            self.unlock()
+            return None if not isinstance(result, Failure) else result
+
+        return d.addBoth(unlock)
