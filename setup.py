@@ -26,6 +26,7 @@ setup(
             "cryptography>=42",
             "kafka-python>=2.0",
             "pika>=1.3",
+            "paho-mqtt>=2.0",
         ],
     },
     zip_safe=False,

@@ -41,6 +41,8 @@ __all__ = [
     "DEFAULT_CONFIG_TOML",
     "FieldInfo",
     "LogConfig",
+    "MqttProtocolConfig",
+    "MqttRuntimeConfig",
     "NetworkConfig",
     "NodeConfig",
     "RuntimeConfig",
@@ -730,6 +732,113 @@ class RuntimeConfig:
     network: NetworkConfig = section(NetworkConfig, "Listeners and connection limits.")
 
 
+@frozen(kw_only=True)
+class MqttProtocolConfig:
+    """
+    C{[mqtt_runtime.protocol]}: the MQTT limits and features, advertised to
+    MQTT 5 clients in CONNACK.
+    """
+
+    max_packet_size: int = setting(
+        Integer(minimum=2),
+        "Largest MQTT packet accepted from a client (capped by network.max_frame_bytes);"
+        " a larger one is refused with reason 0x95.",
+        1048576,
+    )
+    receive_maximum: int = setting(
+        Integer(minimum=1),
+        "QoS 2 PUBLISH packets a client may have unacknowledged towards the broker"
+        " (65535 at most).",
+        32,
+    )
+    topic_alias_maximum: int = setting(
+        Integer(minimum=0),
+        "Topic aliases a MQTT 5 client may define towards the broker; 0 = none.",
+        10,
+    )
+    server_keep_alive: int = setting(
+        Integer(minimum=0),
+        "Keep-alive in seconds imposed on every client; 0 = the client's own.",
+        0,
+    )
+    max_qos: int = setting(
+        Integer(minimum=0), "Highest QoS accepted and granted (0, 1 or 2).", 2
+    )
+    retain_available: bool = setting(Boolean(), "Retained messages are supported.", True)
+    wildcard_subscription_available: bool = setting(
+        Boolean(), "Subscriptions with + and # are allowed.", True
+    )
+    shared_subscription_available: bool = setting(
+        Boolean(), "Shared subscriptions ($share/group/filter) are allowed.", True
+    )
+    subscription_identifiers_available: bool = setting(
+        Boolean(), "MQTT 5 subscription identifiers are supported.", True
+    )
+    max_inflight: int = setting(
+        Integer(minimum=1),
+        "QoS 1 and 2 messages sent to a client and not yet acknowledged, at most"
+        " (the client's Receive Maximum may lower it).",
+        32,
+    )
+    max_queued_messages: int = setting(
+        Integer(minimum=0),
+        "QoS 1 and 2 messages queued per session while the client is offline or its"
+        " in-flight window is full; 0 = unlimited.",
+        1000,
+    )
+    queue_drop_policy: str = setting(
+        String(choices=("drop_new", "drop_oldest")),
+        "What a full queue drops: the arriving message or the oldest queued one.",
+        "drop_new",
+    )
+    max_session_expiry_s: int = setting(
+        Integer(minimum=0),
+        "Longest session expiry interval granted, in seconds; also the expiry of"
+        " MQTT 3.1/3.1.1 sessions with clean session 0.",
+        7200,
+    )
+    max_message_expiry_s: int = setting(
+        Integer(minimum=0),
+        "Longest message expiry interval kept, in seconds; 0 = no limit.",
+        0,
+    )
+    shared_subscription_strategy: str = setting(
+        String(choices=("round_robin", "random", "sticky", "hash")),
+        "How a message for a shared subscription picks a member of the group"
+        " (hash: by the publisher's client id).",
+        "round_robin",
+    )
+    sys_interval_s: float = setting(
+        Number(minimum=0),
+        "Seconds between two publications of the $SYS/brokers/... topics; 0 = never.",
+        10.0,
+    )
+    publish_rate_per_client: float = setting(
+        Number(minimum=0),
+        "PUBLISH packets per second accepted from one client before reading from it"
+        " is paused (token bucket); 0 = unlimited.",
+        0.0,
+    )
+    publish_burst_per_client: int = setting(
+        Integer(minimum=1), "Bucket size of publish_rate_per_client.", 1000
+    )
+    max_delayed_messages: int = setting(
+        Integer(minimum=0),
+        "Messages published to $delayed/{seconds}/{topic} kept at once; 0 = delayed"
+        " publish disabled.",
+        100000,
+    )
+
+
+@frozen(kw_only=True)
+class MqttRuntimeConfig(RuntimeConfig):
+    """
+    C{[mqtt_runtime]}: the MQTT listeners and protocol settings.
+    """
+
+    protocol: MqttProtocolConfig = section(MqttProtocolConfig, "MQTT protocol settings.")
+
+
 _DRIVERS = ("memory", "segment", "sqlite")
 
 
@@ -885,8 +994,8 @@ class Config:
 
     node: NodeConfig = section(NodeConfig, "This broker process.")
     log: LogConfig = section(LogConfig, "Logging.")
-    mqtt_runtime: RuntimeConfig = section(
-        RuntimeConfig,
+    mqtt_runtime: MqttRuntimeConfig = section(
+        MqttRuntimeConfig,
         "MQTT 3.1, 3.1.1 and 5.0.",
         network=dict(
             listeners=("tcp:1883", "ws:8083"),

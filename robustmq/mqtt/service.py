@@ -1,19 +1,34 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_mqtt_integration -*-
 """
-The MQTT service: its listeners and its graceful stop.
+The MQTT service: its listeners, the broker state they share, and a
+graceful stop that keeps persistent sessions.
 
-Until the protocol lands, its listeners register each connection and close it.
+Stopping closes every connection (MQTT 5 clients get DISCONNECT 0x8B),
+then writes what persistent sessions hold and waits for the meta store to
+commit it.
 """
 
-from robustmq.network.placeholder import placeholder_factory
+from robustmq.mqtt.broker import Broker
+from robustmq.mqtt.factory import MqttFactory
+from robustmq.mqtt.store import MemoryStore, MetaSessionStore
 from robustmq.network.service import ProtocolService
 
 
-class MqttFactory(placeholder_factory("mqtt")):
-    websocket_subprotocols = ("mqtt", "mqttv3.1")
-    websocket_default_path = "/mqtt"
-
-
 class MqttService(ProtocolService):
+    """
+    @ivar broker: the L{Broker} of every listener.
+    """
+
     protocol_name = "mqtt"
     factory_class = MqttFactory
+
+    def __init__(self, params):
+        store = MetaSessionStore(params.meta) if params.meta is not None else MemoryStore()
+        self.broker = Broker(params, store)
+        ProtocolService.__init__(self, params)
+
+    def build_factory(self, endpoint):
+        return self.factory_class(self.params, endpoint, self.broker)
+
+    def flush(self):
+        return self.broker.stop()
