@@ -27,6 +27,8 @@ setup(
             "kafka-python>=2.0",
             "pika>=1.3",
             "paho-mqtt>=2.0",
+            "kombu>=5.3",
+            "aio-pika>=9.0",
         ],
     },
     zip_safe=False,

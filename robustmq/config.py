@@ -36,6 +36,7 @@ from twisted.internet.testing import MemoryReactor
 __all__ = [
     "AclRule",
     "AdminConfig",
+    "AmqpRuntimeConfig",
     "Config",
     "ConfigError",
     "DEFAULT_CONFIG_TOML",
@@ -839,6 +840,58 @@ class MqttRuntimeConfig(RuntimeConfig):
     protocol: MqttProtocolConfig = section(MqttProtocolConfig, "MQTT protocol settings.")
 
 
+@frozen(kw_only=True)
+class AmqpRuntimeConfig(RuntimeConfig):
+    """
+    C{[amqp_runtime]}: the AMQP 0-9-1 listeners and protocol settings.
+    """
+
+    frame_max: int = setting(
+        Integer(minimum=4096),
+        "Largest frame offered in connection.tune (capped by network.max_frame_bytes).",
+        131072,
+    )
+    channel_max: int = setting(
+        Integer(minimum=1), "Channels per connection offered in connection.tune (65535 at most).",
+        2047,
+    )
+    heartbeat_s: int = setting(
+        Integer(minimum=0),
+        "Heartbeat interval in seconds offered in connection.tune; 0 = none.",
+        60,
+    )
+    vhosts: tuple = setting(
+        Array(String(non_empty=True)), "Virtual hosts served.", ("/",)
+    )
+    max_message_bytes: int = setting(
+        Integer(minimum=1),
+        "Largest message body accepted; a larger one closes the channel with 406.",
+        134217728,
+    )
+    max_ready_bytes: int = setting(
+        Integer(minimum=0),
+        "Body bytes of all messages held in queues above which publishing connections"
+        " are blocked (connection.blocked); 0 = no limit.",
+        1073741824,
+    )
+    disk_free_limit_bytes: int = setting(
+        Integer(minimum=0),
+        "Free space of the data directory below which publishing connections are"
+        " blocked; 0 = not checked.",
+        52428800,
+    )
+    default_user: str = setting(
+        String(),
+        'User accepted with default_password, as RabbitMQ\'s guest; "" = none (users of'
+        " security.password_file are accepted too).",
+        "guest",
+    )
+    default_password: str = setting(String(), "Password of default_user.", "guest")
+    loopback_users: tuple = setting(
+        Array(String(non_empty=True)), "Users accepted only from a loopback address.", ("guest",)
+    )
+
+
 _DRIVERS = ("memory", "segment", "sqlite")
 
 
@@ -1014,8 +1067,8 @@ class Config:
             outbound_buffer_bytes=67108864,
         ),
     )
-    amqp_runtime: RuntimeConfig = section(
-        RuntimeConfig,
+    amqp_runtime: AmqpRuntimeConfig = section(
+        AmqpRuntimeConfig,
         "AMQP 0-9-1.",
         network=dict(
             listeners=("tcp:5672",),
