@@ -29,6 +29,8 @@ setup(
             "paho-mqtt>=2.0",
             "kombu>=5.3",
             "aio-pika>=9.0",
+            "confluent-kafka>=2.3",
+            "aiokafka>=0.10",
         ],
     },
     zip_safe=False,

@@ -841,6 +841,65 @@ class MqttRuntimeConfig(RuntimeConfig):
 
 
 @frozen(kw_only=True)
+class KafkaRuntimeConfig(RuntimeConfig):
+    """
+    C{[kafka_runtime]}: the Kafka listeners, topics and consumer groups.
+    """
+
+    advertised_host: str = setting(
+        String(),
+        'Host name Metadata gives clients for this broker; "" = the address of the'
+        " listener the client is connected to.",
+        "",
+    )
+    advertised_port: int = setting(
+        Integer(minimum=0),
+        "Port Metadata gives clients for this broker; 0 = the port of the listener"
+        " the client is connected to.",
+        0,
+    )
+    auto_create_topics: bool = setting(
+        Boolean(), "Create a topic when a client asks for one that does not exist.", True
+    )
+    default_partitions: int = setting(
+        Integer(minimum=1), "Partitions of an auto-created topic.", 1
+    )
+    max_message_bytes: int = setting(
+        Integer(minimum=1024),
+        "Largest record batch accepted in a produce request (MESSAGE_TOO_LARGE beyond).",
+        1048588,
+    )
+    group_min_session_timeout_ms: int = setting(
+        Integer(minimum=1), "Shortest session timeout a group member may ask for.", 6000
+    )
+    group_max_session_timeout_ms: int = setting(
+        Integer(minimum=1), "Longest session timeout a group member may ask for.", 1800000
+    )
+    group_initial_rebalance_delay_ms: int = setting(
+        Integer(minimum=0),
+        "Milliseconds an empty group waits for more members before its first rebalance.",
+        0,
+    )
+    retention_ms: int = setting(
+        Integer(minimum=-1),
+        "Milliseconds a topic keeps its data unless the topic sets retention.ms;"
+        " -1 = unlimited.",
+        604800000,
+    )
+    retention_bytes: int = setting(
+        Integer(minimum=-1),
+        "Bytes kept per partition unless the topic sets retention.bytes; -1 = unlimited.",
+        -1,
+    )
+    max_pending_requests: int = setting(
+        Integer(minimum=1),
+        "Requests of one connection being served at once (produce waiting for the disk,"
+        " fetch waiting for data); reading from the client pauses beyond.",
+        100,
+    )
+
+
+@frozen(kw_only=True)
 class AmqpRuntimeConfig(RuntimeConfig):
     """
     C{[amqp_runtime]}: the AMQP 0-9-1 listeners and protocol settings.
@@ -1057,8 +1116,8 @@ class Config:
             outbound_buffer_bytes=4194304,
         ),
     )
-    kafka_runtime: RuntimeConfig = section(
-        RuntimeConfig,
+    kafka_runtime: KafkaRuntimeConfig = section(
+        KafkaRuntimeConfig,
         "The Apache Kafka wire protocol.",
         network=dict(
             listeners=("tcp:9092",),

@@ -15,7 +15,8 @@ C{string} is L{str}, C{bytes} is L{bytes}, C{uuid} is 16 raw L{bytes} (a
 L{uuid.UUID} is accepted when encoding).  A C{records} value is never parsed
 here: it is decoded as a slice of the input buffer (a L{bytes} copy for
 L{bytes} input, a L{bytearray} copy for L{bytearray} input, a zero-copy
-L{memoryview} for L{memoryview} input) and encoded from any bytes-like object;
+L{memoryview} for L{memoryview} input) and encoded from any bytes-like object
+or a L{list} of them (the pieces are written one after the other);
 large ones are handed back as chunks of their own, not copied.
 
 Frames are decoded in place, from offsets into the caller's buffer
@@ -651,6 +652,20 @@ def _bytes_encoder(nullable, compact, records):
             raise KafkaCodecError("None in a non-nullable bytes field")
         if isinstance(value, str):
             raise KafkaCodecError("str given for a bytes field")
+        if records and type(value) is list:
+            # A record set in pieces (stored batches): each piece is
+            # written as it is, large ones as chunks of their own.
+            n = 0
+            for piece in value:
+                n += _byte_length(piece)
+            write_length(parts, n)
+            for piece in value:
+                if _byte_length(piece) >= LARGE_RECORDS:
+                    parts.append(_BIG)
+                    parts.append(piece if type(piece) is bytes else bytes(piece))
+                elif piece:
+                    parts.append(piece)
+            return
         n = _byte_length(value)
         write_length(parts, n)
         if records and n >= LARGE_RECORDS:
@@ -994,7 +1009,7 @@ def _as_bytes_buffer(buf):
     return buf
 
 
-def decode_request(buf, start=0, end=None):
+def decode_request(buf, start=0, end=None, trailing_ok=False):
     """
     Decode one request frame, in place: the frame is parsed from offsets
     into C{buf}, never sliced out of it.
@@ -1004,6 +1019,9 @@ def decode_request(buf, start=0, end=None):
     @type buf: L{bytes}, L{bytearray} or L{memoryview}
     @param start: where the frame starts in C{buf}.
     @param end: where the frame ends in C{buf}, by default C{len(buf)}.
+    @param trailing_ok: ignore bytes after the body, as Kafka brokers do
+        (librdkafka 2.x sends some after a Metadata v12 request for all
+        topics).
     @return: C{(header, body)}: the header dict has C{request_api_key},
         C{request_api_version}, C{correlation_id} and C{client_id}.
         C{records} values in the body are slices of C{buf}: a copy for
@@ -1058,7 +1076,8 @@ def decode_request(buf, start=0, end=None):
         # Positions only grow, so any read past the frame shows here.
         if pos > end:
             raise KafkaCodecError("request truncated")
-        raise KafkaCodecError("%d trailing bytes after the request" % (end - pos,))
+        if not trailing_ok:
+            raise KafkaCodecError("%d trailing bytes after the request" % (end - pos,))
     header = {
         "request_api_key": api_key,
         "request_api_version": api_version,

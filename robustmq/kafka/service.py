@@ -1,18 +1,31 @@
-# -*- test-case-name: tests.test_server -*-
+# -*- test-case-name: tests.test_kafka_protocol -*-
 """
-The Kafka service: its listeners and its graceful stop.
-
-Until the protocol lands, its listeners register each connection and close it.
+The Kafka service: its listeners, the broker state they share, and a
+graceful stop that answers the requests in flight and saves the
+idempotent-producer state.
 """
 
-from robustmq.network.placeholder import placeholder_factory
+from robustmq.kafka.broker import KafkaBroker
+from robustmq.kafka.factory import KafkaFactory
+from robustmq.kafka.groups import GroupCoordinator
 from robustmq.network.service import ProtocolService
 
 
-class KafkaFactory(placeholder_factory("kafka")):
-    pass
-
-
 class KafkaService(ProtocolService):
+    """
+    @ivar broker: the L{KafkaBroker} of every listener.
+    """
+
     protocol_name = "kafka"
     factory_class = KafkaFactory
+
+    def __init__(self, params):
+        self.broker = KafkaBroker(params)
+        self.broker.groups = GroupCoordinator(self.broker)
+        ProtocolService.__init__(self, params)
+
+    def build_factory(self, endpoint):
+        return self.factory_class(self.params, endpoint, self.broker)
+
+    def flush(self):
+        return self.broker.flush()

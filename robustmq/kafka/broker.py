@@ -1,0 +1,379 @@
+# -*- test-case-name: tests.test_kafka_broker -*-
+"""
+Kafka state that outlives connections: topics and their partitions over
+storage shards (C{kafka/<topic>/<partition>}), the waiters of long-polling
+fetches, and the idempotent-producer state.
+
+Topic metadata lives in the metadata store (namespace C{kafka.topics}), so
+topics survive a restart; the data lives in the shards.
+"""
+
+import base64
+import os
+import re
+import uuid
+
+from twisted.internet.defer import gatherResults, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from robustmq.kafka import errors
+from robustmq.kafka.producers import ProducerStates
+from robustmq.storage.errors import OffsetOutOfRange, StorageError, UnknownShard
+
+TOPICS_NS = "kafka.topics"
+BROKER_NS = "kafka"
+MAX_TOPIC_NAME = 249
+_LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
+
+#: The topic configs this broker understands.
+TOPIC_CONFIGS = ("retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes")
+
+
+def topic_name_problem(name):
+    """
+    What is wrong with a topic name, or L{None}.
+    """
+    if not name:
+        return "empty topic name"
+    if len(name) > MAX_TOPIC_NAME:
+        return "topic name longer than {} characters".format(MAX_TOPIC_NAME)
+    if name in (".", ".."):
+        return "topic name cannot be '.' or '..'"
+    if not _LEGAL_TOPIC.match(name):
+        return "topic name may only hold ASCII letters, digits, '.', '_' and '-'"
+    return None
+
+
+def shard_name(topic, index):
+    return "kafka/{}/{}".format(topic, index)
+
+
+class Partition:
+    """
+    One partition of a topic: its shard and the fetches waiting for it.
+
+    @ivar waiters: L{FetchWaiter}s to wake when data is appended.
+    """
+
+    __slots__ = ("topic", "index", "shard", "waiters", "deleted")
+
+    def __init__(self, topic, index):
+        self.topic = topic
+        self.index = index
+        self.shard = shard_name(topic.name, index)
+        self.waiters = set()
+        self.deleted = False
+
+
+class Topic:
+    """
+    A topic: its id, partitions and configs.
+    """
+
+    __slots__ = ("name", "topic_id", "partitions", "configs")
+
+    def __init__(self, name, topic_id, configs):
+        self.name = name
+        self.topic_id = topic_id
+        self.partitions = []
+        self.configs = configs
+
+    def to_meta(self):
+        return {
+            "id": self.topic_id.hex(),
+            "partitions": len(self.partitions),
+            "configs": self.configs,
+        }
+
+
+class FetchWaiter:
+    """
+    A fetch that waits for C{min_bytes}: woken by every append to one of
+    its partitions, answered when enough has arrived or at its deadline.
+
+    @ivar needed: bytes still missing before the fetch is answered.
+    @ivar answer: called once, with no argument, to (re)read and answer.
+    """
+
+    __slots__ = ("partitions", "needed", "answer", "timer", "done")
+
+    def __init__(self, partitions, needed, answer):
+        self.partitions = partitions
+        self.needed = needed
+        self.answer = answer
+        self.timer = None
+        self.done = False
+
+    def start(self, reactor, seconds):
+        for p in self.partitions:
+            p.waiters.add(self)
+        self.timer = reactor.callLater(seconds, self.fire)
+
+    def arrived(self, nbytes):
+        self.needed -= nbytes
+        if self.needed <= 0:
+            self.fire()
+
+    def fire(self):
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        for p in self.partitions:
+            p.waiters.discard(self)
+        self.answer()
+
+
+class KafkaBroker:
+    """
+    Topics, partitions and producer state of the Kafka protocol.
+
+    @param params: the L{robustmq.kafka.params.KafkaParams}.
+    @ivar topics: topic name to L{Topic}.
+    @ivar producers: the L{ProducerStates}.
+    """
+
+    log = Logger()
+
+    def __init__(self, params):
+        self.params = params
+        self.reactor = params.reactor
+        self.config = params.config
+        self.storage = params.storage
+        self.meta = params.meta
+        self.offsets = params.offsets
+        self.node_id = params.node.node_id
+        self.topics = {}
+        self.topics_by_id = {}
+        self.loaded = False
+        self.cluster_id = None
+        self.producers = ProducerStates(self)
+        self.groups = None
+        self._snapshot_loop = None
+
+    # life cycle
+
+    def load(self):
+        """
+        Read the topics from the metadata store and make sure each partition
+        has its shard; rebuild the producer state. Runs once, when storage is
+        open (at the first connection).
+        """
+        if self.loaded:
+            return
+        self.loaded = True
+        self.cluster_id = self.meta.get(BROKER_NS, "cluster_id")
+        if not self.cluster_id:
+            self.cluster_id = _new_cluster_id()
+            self.meta.put(BROKER_NS, "cluster_id", self.cluster_id)
+        for name, value in self.meta.items(TOPICS_NS):
+            try:
+                topic = Topic(name, bytes.fromhex(value["id"]), dict(value.get("configs", {})))
+                count = int(value["partitions"])
+            except (KeyError, TypeError, ValueError):
+                self.log.error("kafka: bad metadata of topic {topic}: {value!r}",
+                               topic=name, value=value)
+                continue
+            self._add_topic(topic, count)
+        self.producers.load()
+        if self.topics:
+            self.log.info("kafka: {n} topics loaded", n=len(self.topics))
+        self._snapshot_loop = LoopingCall(self.producers.save)
+        self._snapshot_loop.clock = self.reactor
+        self._snapshot_loop.start(5.0, now=False)
+
+    def flush(self):
+        """
+        Save what is kept in memory only (the producer-state snapshot) and
+        stop the timers.
+        """
+        if self._snapshot_loop is not None and self._snapshot_loop.running:
+            self._snapshot_loop.stop()
+        if self.groups is not None:
+            self.groups.stop()
+        if not self.loaded:
+            return succeed(None)
+        return self.producers.save()
+
+    def _retention(self, topic):
+        c = topic.configs
+        rb = c.get("retention.bytes")
+        rm = c.get("retention.ms")
+        rb = self.config.retention_bytes if rb is None else int(rb)
+        rm = self.config.retention_ms if rm is None else int(rm)
+        return rb, rm
+
+    def _add_topic(self, topic, count):
+        self.topics[topic.name] = topic
+        self.topics_by_id[topic.topic_id] = topic
+        self._grow(topic, count)
+
+    def _grow(self, topic, count):
+        rb, rm = self._retention(topic)
+        for index in range(len(topic.partitions), count):
+            p = Partition(topic, index)
+            if not self.storage.has_shard(p.shard):
+                self.storage.create_shard(p.shard, retention_bytes=rb, retention_ms=rm)
+            topic.partitions.append(p)
+
+    # topics
+
+    def topic(self, name):
+        return self.topics.get(name)
+
+    def partition(self, topic_name, index):
+        """
+        The L{Partition}, or L{None}.
+        """
+        topic = self.topics.get(topic_name)
+        if topic is None or index < 0 or index >= len(topic.partitions):
+            return None
+        return topic.partitions[index]
+
+    def auto_create(self, name):
+        """
+        The topic C{name}, created with the default partition count when it
+        does not exist and auto-creation is on.
+
+        @return: C{(error_code, topic or None)}.
+        """
+        topic = self.topics.get(name)
+        if topic is not None:
+            return errors.NONE, topic
+        if not self.config.auto_create_topics:
+            return errors.UNKNOWN_TOPIC_OR_PARTITION, None
+        if topic_name_problem(name):
+            return errors.INVALID_TOPIC_EXCEPTION, None
+        code, _ = self.create_topic(name, self.config.default_partitions, {})
+        return code, self.topics.get(name)
+
+    def create_topic(self, name, partitions, configs, validate_only=False):
+        """
+        @return: C{(error_code, message or None)}.
+        """
+        problem = topic_name_problem(name)
+        if problem:
+            return errors.INVALID_TOPIC_EXCEPTION, problem
+        if name in self.topics:
+            return errors.TOPIC_ALREADY_EXISTS, "topic '{}' already exists".format(name)
+        if partitions == -1:
+            partitions = self.config.default_partitions
+        if partitions < 1 or partitions > 100000:
+            return errors.INVALID_PARTITIONS, "partition count must be between 1 and 100000"
+        clean = {}
+        for key, value in configs.items():
+            if key not in TOPIC_CONFIGS:
+                continue
+            if value is None:
+                continue
+            if key in ("retention.ms", "retention.bytes", "max.message.bytes"):
+                try:
+                    int(value)
+                except ValueError:
+                    return errors.INVALID_CONFIG, "bad value for {}: {!r}".format(key, value)
+            clean[key] = value
+        if validate_only:
+            return errors.NONE, None
+        topic = Topic(name, uuid.uuid4().bytes, clean)
+        try:
+            self._add_topic(topic, partitions)
+        except StorageError as e:
+            self.topics.pop(name, None)
+            self.topics_by_id.pop(topic.topic_id, None)
+            return errors.KAFKA_STORAGE_ERROR, str(e)
+        self.meta.put(TOPICS_NS, name, topic.to_meta())
+        self.log.info("kafka: created topic {topic} with {n} partitions", topic=name,
+                      n=partitions)
+        return errors.NONE, None
+
+    def delete_topic(self, name):
+        """
+        Delete a topic, its data and the committed offsets of its
+        partitions.
+
+        @return: C{(error_code, Deferred or None)}.
+        """
+        topic = self.topics.pop(name, None)
+        if topic is None:
+            return errors.UNKNOWN_TOPIC_OR_PARTITION, None
+        self.topics_by_id.pop(topic.topic_id, None)
+        ds = [self.meta.delete(TOPICS_NS, name)]
+        for p in topic.partitions:
+            p.deleted = True
+            for waiter in list(p.waiters):
+                waiter.fire()
+            self.producers.forget_partition(p.shard)
+            if self.storage.has_shard(p.shard):
+                ds.append(self.storage.delete_shard(p.shard))
+            ds.append(self.offsets.delete_shard(p.shard))
+        self.log.info("kafka: deleted topic {topic}", topic=name)
+        return errors.NONE, gatherResults(ds, consumeErrors=True)
+
+    def create_partitions(self, name, count, validate_only=False):
+        """
+        @return: C{(error_code, message or None)}.
+        """
+        topic = self.topics.get(name)
+        if topic is None:
+            return errors.UNKNOWN_TOPIC_OR_PARTITION, "no topic '{}'".format(name)
+        if count <= len(topic.partitions):
+            return errors.INVALID_PARTITIONS, "topic '{}' has {} partitions already".format(
+                name, len(topic.partitions))
+        if count > 100000:
+            return errors.INVALID_PARTITIONS, "at most 100000 partitions"
+        if validate_only:
+            return errors.NONE, None
+        self._grow(topic, count)
+        self.meta.put(TOPICS_NS, name, topic.to_meta())
+        return errors.NONE, None
+
+    # data
+
+    def append(self, partition, data):
+        """
+        Append the record batches C{data} (a L{bytearray}, patched in
+        place) to C{partition} and wake the fetches waiting for it.
+
+        @return: C{(base_offset, Deferred)}; the Deferred fires once stored.
+        """
+        shard = partition.shard
+        storage = self.storage
+        base = storage.latest_offset(shard)
+        d = storage.append_batch(shard, data)
+        if partition.waiters:
+            n = len(data)
+            for waiter in list(partition.waiters):
+                waiter.arrived(n)
+        return base, d
+
+    def read(self, partition, offset, max_bytes):
+        """
+        Stored batches from C{offset} on.
+
+        @return: C{(error_code, list of bytes)}.
+        """
+        try:
+            return errors.NONE, self.storage.read(partition.shard, offset, max_bytes)
+        except OffsetOutOfRange:
+            return errors.OFFSET_OUT_OF_RANGE, []
+        except UnknownShard:
+            return errors.UNKNOWN_TOPIC_OR_PARTITION, []
+
+    def offsets_of(self, partition):
+        """
+        C{(earliest, latest)} offsets of C{partition}.
+        """
+        s = self.storage
+        return s.earliest_offset(partition.shard), s.latest_offset(partition.shard)
+
+
+def _new_cluster_id():
+    return base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode("ascii")
+
+
+__all__ = [
+    "KafkaBroker", "Topic", "Partition", "FetchWaiter", "topic_name_problem", "shard_name",
+]

@@ -1,0 +1,1044 @@
+# -*- test-case-name: tests.test_kafka_protocol -*-
+"""
+The Kafka wire protocol of one client connection: size-prefixed frames ->
+L{robustmq.kafka.codec} -> one handler per API -> responses, in the order of
+the requests.
+
+Most requests are answered at once. A produce waiting for the disk, a fetch
+waiting for data and a group join waiting for the rebalance take a slot in
+the connection's response queue; the responses behind it wait until it is
+filled, as Kafka answers a connection's requests in order.
+"""
+
+import struct
+from collections import deque
+
+from robustmq.kafka import codec, errors
+from robustmq.kafka.broker import FetchWaiter
+from robustmq.kafka.producers import batch_producer
+from robustmq.kafka.sasl import SaslServer, mechanisms_of
+from robustmq.network.protocol import FrameError, FramedProtocol
+from robustmq.storage.errors import InvalidBatch, StorageError
+
+_SIZE = struct.Struct(">i")
+_BATCH_HEAD = struct.Struct(">qi")
+_MAGIC_POS = 16
+_MIN_BATCH = 61
+
+#: The APIs served and the versions advertised in ApiVersions: only those
+#: that work end to end.
+SERVED_VERSIONS = {
+    0: (3, 9),     # Produce (magic 2 record batches only)
+    1: (4, 12),    # Fetch
+    2: (1, 6),     # ListOffsets
+    3: (0, 12),    # Metadata
+    8: (0, 8),     # OffsetCommit
+    9: (0, 8),     # OffsetFetch
+    10: (0, 4),    # FindCoordinator
+    11: (0, 9),    # JoinGroup
+    12: (0, 4),    # Heartbeat
+    13: (0, 5),    # LeaveGroup
+    14: (0, 5),    # SyncGroup
+    15: (0, 5),    # DescribeGroups
+    16: (0, 4),    # ListGroups
+    17: (0, 1),    # SaslHandshake
+    18: (0, 4),    # ApiVersions
+    19: (0, 7),    # CreateTopics
+    20: (0, 6),    # DeleteTopics
+    22: (0, 4),    # InitProducerId
+    32: (0, 4),    # DescribeConfigs
+    36: (0, 2),    # SaslAuthenticate
+    37: (0, 3),    # CreatePartitions
+    42: (0, 2),    # DeleteGroups
+    60: (0, 1),    # DescribeCluster
+}
+
+_API_VERSIONS_LIST = [
+    {"api_key": k, "min_version": low, "max_version": high}
+    for k, (low, high) in sorted(SERVED_VERSIONS.items())
+]
+
+#: Requests allowed before SASL authentication when it is required.
+_BEFORE_AUTH = frozenset((17, 18, 36))
+
+_NO_RESPONSE = object()
+_LATER = object()
+
+_UNKNOWN_OPS = -2147483648
+
+# DescribeConfigs: config sources and types.
+_SOURCE_TOPIC = 1
+_SOURCE_DEFAULT = 5
+_SOURCE_STATIC_BROKER = 4
+
+
+class KafkaProtocol(FramedProtocol):
+    """
+    One Kafka client connection.
+
+    @ivar broker: the L{robustmq.kafka.broker.KafkaBroker}.
+    @ivar user: the authenticated user name, or L{None}.
+    """
+
+    authenticated = False
+    user = None
+    client_id = None
+
+    def connectionMade(self):
+        FramedProtocol.connectionMade(self)
+        f = self.factory
+        self.broker = f.broker
+        self.broker.load()
+        self.config = f.params.config
+        self.node_id = self.broker.node_id
+        self.queue = deque()
+        self.max_pending = self.config.max_pending_requests
+        self.waiters = set()
+        self.sasl = None
+        self.raw_sasl = False
+        self.authenticated = bool(f.params.authenticator.allow_anonymous)
+        self.handlers = {
+            0: self.handle_produce,
+            1: self.handle_fetch,
+            2: self.handle_list_offsets,
+            3: self.handle_metadata,
+            8: self.handle_offset_commit,
+            9: self.handle_offset_fetch,
+            10: self.handle_find_coordinator,
+            11: self.handle_join_group,
+            12: self.handle_heartbeat,
+            13: self.handle_leave_group,
+            14: self.handle_sync_group,
+            15: self.handle_describe_groups,
+            16: self.handle_list_groups,
+            17: self.handle_sasl_handshake,
+            18: self.handle_api_versions,
+            19: self.handle_create_topics,
+            20: self.handle_delete_topics,
+            22: self.handle_init_producer_id,
+            32: self.handle_describe_configs,
+            36: self.handle_sasl_authenticate,
+            37: self.handle_create_partitions,
+            42: self.handle_delete_groups,
+            60: self.handle_describe_cluster,
+        }
+
+    # framing
+
+    def frame_length(self, buf, offset):
+        if len(buf) - offset < 4:
+            return None
+        size = _SIZE.unpack_from(buf, offset)[0]
+        if size < 8:
+            raise FrameError("bad request size {}".format(size))
+        return size + 4
+
+    def frame_received(self, buf, start, end):
+        if self.raw_sasl:
+            self.raw_sasl_received(bytes(buf[start + 4:end]))
+            return
+        view = memoryview(buf)
+        try:
+            header, body = codec.decode_request(view, start + 4, end, trailing_ok=True)
+        except codec.UnsupportedVersion as e:
+            view.release()
+            self.unsupported(e)
+            return
+        except codec.KafkaCodecError as e:
+            view.release()
+            api_key, version = struct.unpack_from(">hh", buf, start + 4)
+            raise FrameError("malformed {} v{} request: {}".format(
+                codec.api_name(api_key), version, e)) from None
+        api_key = header["request_api_key"]
+        version = header["request_api_version"]
+        correlation_id = header["correlation_id"]
+        if api_key == 0:
+            # Keep the record batches as our own bytearrays, and let go of
+            # the receive buffer before it is reused.
+            for t in body["topic_data"]:
+                for pd in t["partition_data"]:
+                    records = pd["records"]
+                    if records is not None:
+                        pd["records"] = bytearray(records)
+                        records.release()
+        view.release()
+        client_id = header["client_id"]
+        if client_id != self.client_id:
+            self.client_id = self.info.client_id = client_id
+        served = SERVED_VERSIONS.get(api_key)
+        if served is None or not served[0] <= version <= served[1]:
+            self.unsupported(codec.UnsupportedVersion(
+                api_key, version, correlation_id, header["client_id"]))
+            return
+        if not self.authenticated and api_key not in _BEFORE_AUTH:
+            self.log.warn(
+                "kafka {peer}: closing: {api} request before SASL authentication",
+                peer=self.peer, api=codec.api_name(api_key),
+            )
+            self.abort_connection("not authenticated")
+            return
+        result = self.handlers[api_key](version, body, header)
+        if result is _NO_RESPONSE or result is _LATER:
+            return
+        if self.queue:
+            self.queue.append([api_key, version, correlation_id, result])
+            self._drain()
+        else:
+            self.send_response(api_key, version, correlation_id, result)
+
+    def unsupported(self, e):
+        """
+        An API key or version not served: UNSUPPORTED_VERSION in the right
+        shape where the response has a top-level error code, else close.
+        """
+        api_key, version = e.api_key, e.api_version
+        body = None
+        if api_key == codec.API_VERSIONS_KEY:
+            body = codec.error_response(api_key, version, errors.UNSUPPORTED_VERSION)
+            low, high = SERVED_VERSIONS[api_key]
+            body["api_keys"] = [{"api_key": api_key, "min_version": low, "max_version": high}]
+            # As Kafka: the version 0 layout, which every client can read.
+            version = 0
+        elif codec.supported_versions(api_key) is not None:
+            low, high = codec.supported_versions(api_key)
+            if low <= version <= high:
+                body = codec.error_response(api_key, version, errors.UNSUPPORTED_VERSION)
+                if "error_code" not in body:
+                    body = None
+        if body is None:
+            self.log.warn(
+                "kafka {peer}: closing: unsupported api key {key} version {version}",
+                peer=self.peer, key=api_key, version=version,
+            )
+            self.abort_connection("unsupported version")
+            return
+        self.log.info(
+            "kafka {peer}: unsupported api key {key} version {version}",
+            peer=self.peer, key=api_key, version=version,
+        )
+        if self.queue:
+            self.queue.append([api_key, version, e.correlation_id, body])
+            self._drain()
+        else:
+            self.send_response(api_key, version, e.correlation_id, body)
+
+    # responses
+
+    def send_response(self, api_key, version, correlation_id, body):
+        try:
+            chunks = codec.encode_response(api_key, version, correlation_id, body)
+        except codec.KafkaCodecError:
+            self.log.failure(
+                "kafka {peer}: cannot encode a {api} v{version} response",
+                peer=self.peer, api=codec.api_name(api_key), version=version,
+            )
+            self.abort_connection("encoding error")
+            return
+        self.send_sequence(chunks)
+
+    def open_slot(self, header):
+        """
+        Reserve the place of a response that will come later.
+
+        @return: the slot, for L{fill_slot}.
+        """
+        slot = [header["request_api_key"], header["request_api_version"],
+                header["correlation_id"], None]
+        self.queue.append(slot)
+        if len(self.queue) >= self.max_pending:
+            self.pause_reading("pending")
+        return slot
+
+    def fill_slot(self, slot, body):
+        slot[3] = body
+        self._drain()
+
+    def _drain(self):
+        queue = self.queue
+        while queue and queue[0][3] is not None:
+            api_key, version, correlation_id, body = queue.popleft()
+            if self.info is not None and self.transport is not None and not self._gone:
+                self.send_response(api_key, version, correlation_id, body)
+        if len(queue) < self.max_pending:
+            self.resume_reading("pending")
+        if not queue and self.closing and not self._gone:
+            self.transport.loseConnection()
+
+    _gone = False
+
+    # ApiVersions, Metadata, cluster
+
+    def handle_api_versions(self, version, body, header):
+        return {"error_code": errors.NONE, "api_keys": _API_VERSIONS_LIST,
+                "throttle_time_ms": 0}
+
+    def advertised(self):
+        """
+        The host and port clients are told to use: the configured ones, else
+        the local address of this connection.
+        """
+        config = self.config
+        host = config.advertised_host
+        port = config.advertised_port
+        if not host or not port:
+            local = self.transport.getHost()
+            host = host or getattr(local, "host", "127.0.0.1")
+            port = port or getattr(local, "port", 9092)
+        return host, port
+
+    def handle_metadata(self, version, body, header):
+        broker = self.broker
+        host, port = self.advertised()
+        nid = self.node_id
+        requested = body["topics"]
+        if requested is None or (version == 0 and not requested):
+            names = sorted(broker.topics)
+            allow_auto = False
+        else:
+            names = []
+            for t in requested:
+                name = t["name"]
+                if name is None:
+                    topic = broker.topics_by_id.get(bytes(t["topic_id"]))
+                    name = topic.name if topic is not None else None
+                names.append(name)
+            allow_auto = body["allow_auto_topic_creation"] if version >= 4 else True
+        topics = []
+        for name in names:
+            if name is None:
+                topics.append({"error_code": errors.UNKNOWN_TOPIC_ID, "name": None,
+                               "partitions": []})
+                continue
+            topic = broker.topics.get(name)
+            code = errors.NONE
+            if topic is None:
+                if allow_auto:
+                    code, topic = broker.auto_create(name)
+                else:
+                    code = errors.UNKNOWN_TOPIC_OR_PARTITION
+            if topic is None:
+                topics.append({"error_code": code, "name": name, "partitions": [],
+                               "topic_authorized_operations": _UNKNOWN_OPS})
+                continue
+            topics.append({
+                "error_code": errors.NONE,
+                "name": name,
+                "topic_id": topic.topic_id,
+                "is_internal": False,
+                "partitions": [
+                    {"error_code": errors.NONE, "partition_index": p.index, "leader_id": nid,
+                     "leader_epoch": 0, "replica_nodes": [nid], "isr_nodes": [nid],
+                     "offline_replicas": []}
+                    for p in topic.partitions
+                ],
+                "topic_authorized_operations": _UNKNOWN_OPS,
+            })
+        return {
+            "throttle_time_ms": 0,
+            "brokers": [{"node_id": nid, "host": host, "port": port, "rack": None}],
+            "cluster_id": broker.cluster_id,
+            "controller_id": nid,
+            "topics": topics,
+            "cluster_authorized_operations": _UNKNOWN_OPS,
+        }
+
+    def handle_describe_cluster(self, version, body, header):
+        host, port = self.advertised()
+        return {
+            "error_code": errors.NONE,
+            "endpoint_type": 1,
+            "cluster_id": self.broker.cluster_id,
+            "controller_id": self.node_id,
+            "brokers": [{"broker_id": self.node_id, "host": host, "port": port, "rack": None}],
+            "cluster_authorized_operations": _UNKNOWN_OPS,
+        }
+
+    # Produce
+
+    def handle_produce(self, version, body, header):
+        acks = body["acks"]
+        broker = self.broker
+        producers = broker.producers
+        max_batch = self.config.max_message_bytes
+        state = _ProduceState(self, header, acks)
+        responses = []
+        for t in body["topic_data"]:
+            name = t["name"]
+            code, topic = broker.auto_create(name)
+            partitions = []
+            responses.append({"name": name, "partition_responses": partitions})
+            for pd in t["partition_data"]:
+                index = pd["index"]
+                pr = {"index": index, "error_code": errors.NONE, "base_offset": -1,
+                      "log_append_time_ms": -1, "log_start_offset": -1,
+                      "record_errors": [], "error_message": None}
+                partitions.append(pr)
+                if body["transactional_id"] is not None:
+                    pr["error_code"] = errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                    continue
+                if acks not in (0, 1, -1):
+                    pr["error_code"] = errors.INVALID_REQUIRED_ACKS
+                    continue
+                if topic is None:
+                    pr["error_code"] = code
+                    continue
+                if not 0 <= index < len(topic.partitions):
+                    pr["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                partition = topic.partitions[index]
+                data = pd["records"]
+                code, pid_info = _check_batches(data, max_batch)
+                if code:
+                    pr["error_code"] = code
+                    continue
+                shard = partition.shard
+                if pid_info is not None:
+                    pid, epoch, seq, delta = pid_info
+                    code, dup = producers.check(shard, pid, epoch, seq, delta)
+                    if code:
+                        pr["error_code"] = code
+                        continue
+                    if dup is not None:
+                        pr["base_offset"] = dup
+                        pr["log_start_offset"] = broker.storage.earliest_offset(shard)
+                        continue
+                try:
+                    base, d = broker.append(partition, data)
+                except StorageError as e:
+                    pr["error_code"] = _storage_error_code(e)
+                    continue
+                pr["base_offset"] = base
+                if pid_info is not None:
+                    producers.record(shard, pid, epoch, seq, delta, base)
+                state.wait(d, pr, shard, pid_info, base)
+        state.response = {"responses": responses, "throttle_time_ms": 0}
+        return state.finish()
+
+    # Fetch
+
+    def handle_fetch(self, version, body, header):
+        broker = self.broker
+        plan = []
+        errors_found = False
+        waiting_on = []
+        for t in body["topics"]:
+            name = t["topic"]
+            topic = broker.topics.get(name)
+            parts = []
+            plan.append((name, parts))
+            for fp in t["partitions"]:
+                index = fp["partition"]
+                p = None
+                if topic is not None and 0 <= index < len(topic.partitions):
+                    p = topic.partitions[index]
+                    waiting_on.append(p)
+                else:
+                    errors_found = True
+                parts.append((index, p, fp["fetch_offset"], fp["partition_max_bytes"]))
+        max_bytes = body["max_bytes"]
+        response, total, failed = self._fetch_read(plan, max_bytes)
+        min_bytes = body["min_bytes"]
+        max_wait = body["max_wait_ms"]
+        if (total >= min_bytes or max_wait <= 0 or errors_found or failed
+                or not waiting_on or self.closing):
+            return response
+        slot = self.open_slot(header)
+
+        def answer():
+            self.waiters.discard(waiter)
+            if self._gone:
+                slot[3] = {}
+                self._drain()
+                return
+            self.fill_slot(slot, self._fetch_read(plan, max_bytes)[0])
+
+        waiter = FetchWaiter(waiting_on, min_bytes - total, answer)
+        self.waiters.add(waiter)
+        waiter.start(self.reactor, max_wait / 1000.0)
+        return _LATER
+
+    def _fetch_read(self, plan, max_bytes):
+        """
+        Read every partition of a fetch.
+
+        @return: C{(response, bytes read, whether a partition failed)}.
+        """
+        broker = self.broker
+        storage = broker.storage
+        budget = max_bytes
+        total = 0
+        failed = False
+        responses = []
+        for name, parts in plan:
+            out = []
+            responses.append({"topic": name, "partitions": out})
+            for index, p, offset, pmax in parts:
+                if p is None or p.deleted:
+                    out.append({"partition_index": index,
+                                "error_code": errors.UNKNOWN_TOPIC_OR_PARTITION,
+                                "high_watermark": -1, "last_stable_offset": -1,
+                                "log_start_offset": -1, "aborted_transactions": None,
+                                "preferred_read_replica": -1, "records": None})
+                    failed = True
+                    continue
+                shard = p.shard
+                earliest = storage.earliest_offset(shard)
+                latest = storage.latest_offset(shard)
+                code = errors.NONE
+                chunks = []
+                if offset < earliest or offset > latest:
+                    code = errors.OFFSET_OUT_OF_RANGE
+                    failed = True
+                elif offset < latest and budget > 0:
+                    code, chunks = broker.read(p, offset, min(pmax, budget))
+                    for c in chunks:
+                        n = len(c)
+                        total += n
+                        budget -= n
+                out.append({"partition_index": index, "error_code": code,
+                            "high_watermark": latest, "last_stable_offset": latest,
+                            "log_start_offset": earliest, "aborted_transactions": None,
+                            "preferred_read_replica": -1,
+                            "records": chunks if chunks else b""})
+        return {"throttle_time_ms": 0, "error_code": errors.NONE, "session_id": 0,
+                "responses": responses}, total, failed
+
+    # ListOffsets
+
+    def handle_list_offsets(self, version, body, header):
+        broker = self.broker
+        storage = broker.storage
+        topics = []
+        for t in body["topics"]:
+            name = t["name"]
+            topic = broker.topics.get(name)
+            out = []
+            topics.append({"name": name, "partitions": out})
+            for lp in t["partitions"]:
+                index = lp["partition_index"]
+                r = {"partition_index": index, "error_code": errors.NONE,
+                     "timestamp": -1, "offset": -1, "leader_epoch": 0}
+                out.append(r)
+                if topic is None or not 0 <= index < len(topic.partitions):
+                    r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                shard = topic.partitions[index].shard
+                ts = lp["timestamp"]
+                if ts == -1:
+                    r["offset"] = storage.latest_offset(shard)
+                elif ts == -2:
+                    r["offset"] = storage.earliest_offset(shard)
+                elif ts < 0:
+                    r["error_code"] = errors.UNSUPPORTED_VERSION
+                else:
+                    found = storage.offset_for_timestamp(shard, ts)
+                    if found is not None:
+                        r["offset"], r["timestamp"] = found
+        return {"throttle_time_ms": 0, "topics": topics}
+
+    # topics administration
+
+    def handle_create_topics(self, version, body, header):
+        broker = self.broker
+        out = []
+        validate = body["validate_only"]
+        for t in body["topics"]:
+            name = t["name"]
+            count = t["num_partitions"]
+            if t["assignments"]:
+                count = len(t["assignments"])
+            r = {"name": name, "error_code": errors.NONE, "error_message": None,
+                 "num_partitions": -1, "replication_factor": -1, "configs": None}
+            out.append(r)
+            if t["replication_factor"] not in (-1, 1):
+                r["error_code"] = errors.INVALID_REPLICATION_FACTOR
+                r["error_message"] = "replication factor must be 1 (one broker)"
+                continue
+            configs = {c["name"]: c["value"] for c in t["configs"]}
+            code, message = broker.create_topic(name, count, configs, validate)
+            r["error_code"] = code
+            r["error_message"] = message
+            topic = broker.topics.get(name)
+            if code == errors.NONE and topic is not None:
+                r["topic_id"] = topic.topic_id
+                r["num_partitions"] = len(topic.partitions)
+                r["replication_factor"] = 1
+                r["configs"] = [
+                    {"name": k, "value": str(v), "read_only": False,
+                     "config_source": _SOURCE_TOPIC, "is_sensitive": False}
+                    for k, v in sorted(topic.configs.items())
+                ]
+        return {"throttle_time_ms": 0, "topics": out}
+
+    def handle_delete_topics(self, version, body, header):
+        broker = self.broker
+        out = []
+        if version >= 6:
+            wanted = [(t["name"], bytes(t["topic_id"])) for t in body["topics"]]
+        else:
+            wanted = [(n, bytes(16)) for n in body["topic_names"]]
+        for name, topic_id in wanted:
+            if name is None:
+                topic = broker.topics_by_id.get(topic_id)
+                name = topic.name if topic is not None else None
+            topic = broker.topics.get(name) if name is not None else None
+            r = {"name": name, "topic_id": topic.topic_id if topic else topic_id,
+                 "error_code": errors.NONE, "error_message": None}
+            out.append(r)
+            if topic is None:
+                r["error_code"] = (errors.UNKNOWN_TOPIC_ID if name is None
+                                   else errors.UNKNOWN_TOPIC_OR_PARTITION)
+                continue
+            code, d = broker.delete_topic(name)
+            r["error_code"] = code
+            if d is not None:
+                d.addErrback(lambda f, n=name: self.log.failure(
+                    "kafka: deleting the data of topic {topic} failed", f, topic=n))
+        return {"throttle_time_ms": 0, "responses": out}
+
+    def handle_create_partitions(self, version, body, header):
+        out = []
+        for t in body["topics"]:
+            code, message = self.broker.create_partitions(
+                t["name"], t["count"], body["validate_only"])
+            out.append({"name": t["name"], "error_code": code, "error_message": message})
+        return {"throttle_time_ms": 0, "results": out}
+
+    def handle_describe_configs(self, version, body, header):
+        broker = self.broker
+        results = []
+        for res in body["resources"]:
+            rtype = res["resource_type"]
+            rname = res["resource_name"]
+            keys = res["configuration_keys"]
+            r = {"error_code": errors.NONE, "error_message": None, "resource_type": rtype,
+                 "resource_name": rname, "configs": []}
+            results.append(r)
+            if rtype == 2:
+                topic = broker.topics.get(rname)
+                if topic is None:
+                    r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
+                    r["error_message"] = "no topic '{}'".format(rname)
+                    continue
+                entries = self._topic_configs(topic)
+            elif rtype == 4:
+                if rname not in ("", str(self.node_id)):
+                    r["error_code"] = errors.INVALID_REQUEST
+                    r["error_message"] = "no broker '{}'".format(rname)
+                    continue
+                entries = self._broker_configs()
+            else:
+                r["error_code"] = errors.INVALID_REQUEST
+                r["error_message"] = "unsupported resource type {}".format(rtype)
+                continue
+            for name, value, source, ctype in entries:
+                if keys is not None and name not in keys:
+                    continue
+                r["configs"].append({
+                    "name": name, "value": value, "read_only": source != _SOURCE_TOPIC,
+                    "is_default": source == _SOURCE_DEFAULT,
+                    "config_source": source, "is_sensitive": False, "synonyms": [],
+                    "config_type": ctype, "documentation": None,
+                })
+        return {"throttle_time_ms": 0, "results": results}
+
+    def _topic_configs(self, topic):
+        c = topic.configs
+        cfg = self.config
+        # config types: 2 STRING? Kafka: 1 BOOLEAN, 2 STRING, 3 INT, 4 SHORT, 5 LONG, 7 LIST
+        out = []
+        for name, default, ctype in (
+            ("retention.ms", str(cfg.retention_ms), 5),
+            ("retention.bytes", str(cfg.retention_bytes), 5),
+            ("max.message.bytes", str(cfg.max_message_bytes), 3),
+            ("cleanup.policy", "delete", 7),
+        ):
+            if name in c:
+                out.append((name, str(c[name]), _SOURCE_TOPIC, ctype))
+            else:
+                out.append((name, default, _SOURCE_DEFAULT, ctype))
+        return out
+
+    def _broker_configs(self):
+        cfg = self.config
+        return [
+            ("auto.create.topics.enable", "true" if cfg.auto_create_topics else "false",
+             _SOURCE_STATIC_BROKER, 1),
+            ("num.partitions", str(cfg.default_partitions), _SOURCE_STATIC_BROKER, 3),
+            ("message.max.bytes", str(cfg.max_message_bytes), _SOURCE_STATIC_BROKER, 3),
+            ("log.retention.ms", str(cfg.retention_ms), _SOURCE_STATIC_BROKER, 5),
+            ("log.retention.bytes", str(cfg.retention_bytes), _SOURCE_STATIC_BROKER, 5),
+            ("group.min.session.timeout.ms", str(cfg.group_min_session_timeout_ms),
+             _SOURCE_STATIC_BROKER, 3),
+            ("group.max.session.timeout.ms", str(cfg.group_max_session_timeout_ms),
+             _SOURCE_STATIC_BROKER, 3),
+        ]
+
+    # idempotent producers
+
+    def handle_init_producer_id(self, version, body, header):
+        if body["transactional_id"] is not None:
+            return {"throttle_time_ms": 0,
+                    "error_code": errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "producer_id": -1, "producer_epoch": -1}
+        producers = self.broker.producers
+        pid = body["producer_id"]
+        if pid >= 0:
+            code, epoch = producers.bump_epoch(pid, body["producer_epoch"])
+            return {"throttle_time_ms": 0, "error_code": code,
+                    "producer_id": pid if code == errors.NONE else -1,
+                    "producer_epoch": epoch}
+        pid, d = producers.allocate()
+        response = {"throttle_time_ms": 0, "error_code": errors.NONE,
+                    "producer_id": pid, "producer_epoch": 0}
+        if d.called:
+            return response
+        slot = self.open_slot(header)
+
+        def failed(f):
+            self.log.failure("kafka: cannot reserve producer ids", f)
+            response.update(error_code=errors.KAFKA_STORAGE_ERROR, producer_id=-1,
+                            producer_epoch=-1)
+
+        d.addErrback(failed)
+        d.addBoth(lambda _: self.fill_slot(slot, response))
+        return _LATER
+
+    # consumer groups
+
+    def _respond_later(self, header):
+        slot = self.open_slot(header)
+
+        def respond(body):
+            self.fill_slot(slot, body)
+
+        return respond
+
+    def handle_find_coordinator(self, version, body, header):
+        host, port = self.advertised()
+        nid = self.node_id
+        if version >= 4:
+            return {"throttle_time_ms": 0, "coordinators": [
+                {"key": key, "node_id": nid, "host": host, "port": port,
+                 "error_code": errors.NONE, "error_message": None}
+                for key in body["coordinator_keys"]
+            ]}
+        return {"throttle_time_ms": 0, "error_code": errors.NONE, "error_message": None,
+                "node_id": nid, "host": host, "port": port}
+
+    def handle_join_group(self, version, body, header):
+        slot = self.open_slot(header)
+
+        def respond(response):
+            if version < 7 and response["protocol_name"] is None:
+                # Nullable from version 7 on only.
+                response["protocol_name"] = ""
+            self.fill_slot(slot, response)
+
+        self.broker.groups.join(
+            body["group_id"], body["member_id"], body["group_instance_id"],
+            body["protocol_type"], [(p["name"], bytes(p["metadata"])) for p in body["protocols"]],
+            body["session_timeout_ms"],
+            body["rebalance_timeout_ms"] if version >= 1 else body["session_timeout_ms"],
+            header["client_id"] or "", self.peer_host, version >= 4, respond,
+        )
+        return _LATER
+
+    def handle_sync_group(self, version, body, header):
+        respond = self._respond_later(header)
+        self.broker.groups.sync(
+            body["group_id"], body["generation_id"], body["member_id"],
+            body["group_instance_id"], body["protocol_type"], body["protocol_name"],
+            {a["member_id"]: bytes(a["assignment"]) for a in body["assignments"]}, respond,
+        )
+        return _LATER
+
+    def handle_heartbeat(self, version, body, header):
+        code = self.broker.groups.heartbeat(
+            body["group_id"], body["generation_id"], body["member_id"],
+            body["group_instance_id"])
+        return {"throttle_time_ms": 0, "error_code": code}
+
+    def handle_leave_group(self, version, body, header):
+        if version >= 3:
+            members = [(m["member_id"], m["group_instance_id"]) for m in body["members"]]
+        else:
+            members = [(body["member_id"], None)]
+        code, results = self.broker.groups.leave(body["group_id"], members)
+        return {"throttle_time_ms": 0, "error_code": code, "members": [
+            {"member_id": m, "group_instance_id": i, "error_code": c} for m, i, c in results]}
+
+    def handle_offset_commit(self, version, body, header):
+        groups = self.broker.groups
+        broker = self.broker
+        group_id = body["group_id"]
+        code = groups.check_commit(
+            group_id, body["generation_id_or_member_epoch"], body["member_id"],
+            body["group_instance_id"])
+        topics = []
+        commits = {}
+        for t in body["topics"]:
+            name = t["name"]
+            topic = broker.topics.get(name)
+            out = []
+            topics.append({"name": name, "partitions": out})
+            for cp in t["partitions"]:
+                index = cp["partition_index"]
+                r = {"partition_index": index, "error_code": code}
+                out.append(r)
+                if code:
+                    continue
+                if topic is None or not 0 <= index < len(topic.partitions):
+                    r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                commits[topic.partitions[index].shard] = (
+                    cp["committed_offset"], cp["committed_metadata"] or "")
+        response = {"throttle_time_ms": 0, "topics": topics}
+        if not commits:
+            return response
+        d = groups.commit(group_id, commits)
+        if d.called:
+            d.addErrback(self._commit_failed, topics)
+            return response
+        slot = self.open_slot(header)
+        d.addErrback(self._commit_failed, topics)
+        d.addBoth(lambda _: self.fill_slot(slot, response))
+        return _LATER
+
+    def _commit_failed(self, failure, topics):
+        self.log.failure("kafka: committing offsets failed", failure)
+        for t in topics:
+            for r in t["partitions"]:
+                if r["error_code"] == errors.NONE:
+                    r["error_code"] = errors.KAFKA_STORAGE_ERROR
+
+    def handle_offset_fetch(self, version, body, header):
+        if version >= 8:
+            groups = [self._offsets_of(g["group_id"], g["topics"]) for g in body["groups"]]
+            return {"throttle_time_ms": 0, "groups": groups}
+        result = self._offsets_of(body["group_id"], body["topics"])
+        return {"throttle_time_ms": 0, "topics": result["topics"],
+                "error_code": result["error_code"]}
+
+    def _offsets_of(self, group_id, wanted):
+        broker = self.broker
+        committed = broker.groups.committed(group_id)
+        topics = []
+        if wanted is None:
+            by_topic = {}
+            for shard, (offset, metadata) in sorted(committed.items()):
+                _, name, index = shard.rsplit("/", 2)
+                if name in broker.topics:
+                    by_topic.setdefault(name, []).append((int(index), offset, metadata))
+            for name, parts in sorted(by_topic.items()):
+                topics.append({"name": name, "partitions": [
+                    {"partition_index": i, "committed_offset": o, "committed_leader_epoch": -1,
+                     "metadata": m, "error_code": errors.NONE} for i, o, m in parts]})
+        else:
+            for t in wanted:
+                name = t["name"]
+                out = []
+                topics.append({"name": name, "partitions": out})
+                for index in t["partition_indexes"]:
+                    found = committed.get("kafka/{}/{}".format(name, index))
+                    offset, metadata = found if found is not None else (-1, "")
+                    out.append({"partition_index": index, "committed_offset": offset,
+                                "committed_leader_epoch": -1, "metadata": metadata,
+                                "error_code": errors.NONE})
+        return {"group_id": group_id, "topics": topics, "error_code": errors.NONE}
+
+    def handle_describe_groups(self, version, body, header):
+        return {"throttle_time_ms": 0,
+                "groups": [self.broker.groups.describe(g) for g in body["groups"]]}
+
+    def handle_list_groups(self, version, body, header):
+        states = set(body["states_filter"]) if version >= 4 else set()
+        return {"throttle_time_ms": 0, "error_code": errors.NONE,
+                "groups": self.broker.groups.list(states)}
+
+    def handle_delete_groups(self, version, body, header):
+        return {"throttle_time_ms": 0, "results": [
+            {"group_id": g, "error_code": self.broker.groups.delete(g)}
+            for g in body["groups_names"]]}
+
+    # SASL
+
+    def handle_sasl_handshake(self, version, body, header):
+        mechanism = body["mechanism"]
+        offered = mechanisms_of(self.factory.params.authenticator)
+        if self.authenticated and self.user is not None:
+            return {"error_code": errors.ILLEGAL_SASL_STATE, "mechanisms": offered}
+        server = SaslServer.for_mechanism(mechanism, self.factory.params.authenticator,
+                                          self.peer_host)
+        if server is None:
+            return {"error_code": errors.UNSUPPORTED_SASL_MECHANISM,
+                    "mechanisms": offered}
+        self.sasl = server
+        if version == 0:
+            self.raw_sasl = True
+        return {"error_code": errors.NONE, "mechanisms": offered}
+
+    def handle_sasl_authenticate(self, version, body, header):
+        if self.sasl is None:
+            return {"error_code": errors.ILLEGAL_SASL_STATE,
+                    "error_message": "SaslHandshake first", "auth_bytes": b""}
+        ok, reply, message = self.sasl.step(bytes(body["auth_bytes"]))
+        if ok is False:
+            self.log.info("kafka {peer}: SASL authentication failed: {why}",
+                          peer=self.peer, why=message)
+            self.sasl = None
+            self.closing_after_response()
+            return {"error_code": errors.SASL_AUTHENTICATION_FAILED,
+                    "error_message": message, "auth_bytes": b""}
+        if ok:
+            self.authenticated_as(self.sasl.user)
+            self.sasl = None
+        return {"error_code": errors.NONE, "error_message": None, "auth_bytes": reply,
+                "session_lifetime_ms": 0}
+
+    def raw_sasl_received(self, data):
+        ok, reply, message = self.sasl.step(data)
+        if ok is False:
+            self.log.info("kafka {peer}: SASL authentication failed: {why}",
+                          peer=self.peer, why=message)
+            self.abort_connection("authentication failed")
+            return
+        self.send(_SIZE.pack(len(reply)) + reply)
+        if ok:
+            self.raw_sasl = False
+            self.authenticated_as(self.sasl.user)
+            self.sasl = None
+
+    def authenticated_as(self, user):
+        self.authenticated = True
+        self.user = user
+        self.info.user = user
+
+    def closing_after_response(self):
+        self.reactor.callLater(0, self.close_gracefully)
+
+    # closing
+
+    def close_gracefully(self):
+        """
+        Answer the requests in flight (waiting fetches at once), then close.
+        """
+        if self.closing:
+            return
+        self.closing = True
+        self.pause_reading("closing")
+        for waiter in list(self.waiters):
+            waiter.fire()
+        if not self.queue:
+            self.transport.loseConnection()
+
+    def connection_closed(self, reason):
+        self._gone = True
+        for waiter in list(self.waiters):
+            waiter.fire()
+        self.waiters.clear()
+        self.queue.clear()
+
+
+class _ProduceState:
+    """
+    The partitions of one produce request waiting for storage: one callback
+    pair per partition, and the response sent when the last has answered.
+    """
+
+    __slots__ = ("proto", "header", "acks", "remaining", "response", "slot", "finished")
+
+    def __init__(self, proto, header, acks):
+        self.proto = proto
+        self.header = header
+        self.acks = acks
+        self.remaining = 0
+        self.response = None
+        self.slot = None
+        self.finished = False
+
+    def wait(self, d, pr, shard, pid_info, base):
+        self.remaining += 1
+        d.addCallbacks(self._stored, self._failed, errbackArgs=(pr, shard, pid_info, base))
+
+    def _stored(self, _):
+        self.remaining -= 1
+        if self.finished and not self.remaining:
+            self._complete()
+
+    def _failed(self, failure, pr, shard, pid_info, base):
+        self.remaining -= 1
+        if failure.check(InvalidBatch):
+            pr["error_code"] = errors.CORRUPT_MESSAGE
+            pr["error_message"] = failure.getErrorMessage()
+        else:
+            pr["error_code"] = _storage_error_code(failure.value)
+            self.proto.log.failure("kafka: append to {shard} failed", failure, shard=shard)
+        pr["base_offset"] = -1
+        if pid_info is not None:
+            self.proto.broker.producers.forget(shard, pid_info[0], base)
+        if self.finished and not self.remaining:
+            self._complete()
+
+    def finish(self):
+        """
+        Called once every partition was handed to storage.
+
+        @return: the response body, L{_NO_RESPONSE} or L{_LATER}.
+        """
+        self.finished = True
+        if self.acks == 0:
+            return _NO_RESPONSE
+        if not self.remaining:
+            return self.response
+        self.slot = self.proto.open_slot(self.header)
+        return _LATER
+
+    def _complete(self):
+        if self.slot is not None:
+            self.proto.fill_slot(self.slot, self.response)
+
+
+def _storage_error_code(e):
+    if isinstance(e, InvalidBatch):
+        return errors.CORRUPT_MESSAGE
+    return errors.KAFKA_STORAGE_ERROR
+
+
+def _check_batches(data, max_batch):
+    """
+    Check the framing of the record batches of one partition (the CRC is
+    checked by storage) and read the producer of an idempotent batch.
+
+    @return: C{(error_code, (producer_id, epoch, base_sequence,
+        last_offset_delta) or None)}.
+    """
+    if data is None or len(data) < _MIN_BATCH:
+        return errors.CORRUPT_MESSAGE, None
+    end = len(data)
+    pos = 0
+    count = 0
+    first = None
+    delta_total = -1
+    while pos < end:
+        if end - pos < _MIN_BATCH:
+            return errors.CORRUPT_MESSAGE, None
+        length = _BATCH_HEAD.unpack_from(data, pos)[1] + 12
+        if data[pos + _MAGIC_POS] != 2:
+            return errors.UNSUPPORTED_VERSION, None
+        if length < _MIN_BATCH or pos + length > end:
+            return errors.CORRUPT_MESSAGE, None
+        if length > max_batch:
+            return errors.MESSAGE_TOO_LARGE, None
+        info = batch_producer(data, pos)
+        if first is None:
+            first = info
+        delta_total += info[3] + 1
+        count += 1
+        pos += length
+    if first[0] < 0:
+        return errors.NONE, None
+    return errors.NONE, (first[0], first[1], first[2], delta_total)
+
+
+__all__ = ["KafkaProtocol", "SERVED_VERSIONS"]

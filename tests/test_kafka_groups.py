@@ -1,0 +1,207 @@
+"""
+Tests for L{robustmq.kafka.groups}: the classic group protocol driven
+directly, with a L{Clock}.
+"""
+
+import types
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from robustmq.kafka import errors
+from robustmq.kafka.groups import COMPLETING, EMPTY, PREPARING, STABLE, GroupCoordinator
+from robustmq.kafka.testing import MemoryOffsets, kafka_config
+
+PROTOCOLS = [("range", b"meta-range"), ("roundrobin", b"meta-rr")]
+
+
+class Answers:
+    def __init__(self):
+        self.got = []
+
+    def __call__(self, body):
+        self.got.append(body)
+
+    @property
+    def last(self):
+        return self.got[-1]
+
+
+class GroupTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        broker = types.SimpleNamespace(
+            reactor=self.clock, config=kafka_config(), offsets=MemoryOffsets())
+        self.g = GroupCoordinator(broker)
+
+    def join(self, member_id="", instance_id=None, protocols=PROTOCOLS, session=10000,
+             rebalance=30000, require_known=True, group="g"):
+        a = Answers()
+        self.g.join(group, member_id, instance_id, "consumer", protocols, session, rebalance,
+                    "client", "127.0.0.1", require_known, a)
+        return a
+
+    def new_member(self, **kw):
+        """
+        KIP-394: the first join gives MEMBER_ID_REQUIRED and the id.
+        """
+        a = self.join(**kw)
+        self.assertEqual(a.last["error_code"], errors.MEMBER_ID_REQUIRED)
+        member_id = a.last["member_id"]
+        return member_id, self.join(member_id=member_id, **kw)
+
+    def sync(self, member_id, generation, assignments=None, group="g"):
+        a = Answers()
+        self.g.sync(group, generation, member_id, None, "consumer", "range",
+                    assignments or {}, a)
+        return a
+
+    def test_single_member(self):
+        m, a = self.new_member()
+        body = a.last
+        self.assertEqual((body["error_code"], body["generation_id"]), (0, 1))
+        self.assertEqual(body["leader"], m)
+        self.assertEqual(body["protocol_name"], "range")
+        self.assertEqual(body["members"][0]["metadata"], b"meta-range")
+        s = self.sync(m, 1, {m: b"assign"})
+        self.assertEqual(s.last["assignment"], b"assign")
+        self.assertEqual(self.g.groups["g"].state, STABLE)
+        self.assertEqual(self.g.heartbeat("g", 1, m, None), 0)
+        self.assertEqual(self.g.heartbeat("g", 0, m, None), errors.ILLEGAL_GENERATION)
+        self.assertEqual(self.g.heartbeat("g", 1, "nobody", None), errors.UNKNOWN_MEMBER_ID)
+
+    def test_old_clients_get_an_id_at_once(self):
+        a = self.join(require_known=False)
+        self.assertEqual(a.last["error_code"], 0)
+        self.assertTrue(a.last["member_id"])
+
+    def test_second_member_rebalances(self):
+        m1, a1 = self.new_member()
+        self.sync(m1, 1, {m1: b"all"})
+        m2, a2 = self.new_member()
+        # The group waits for the first member to rejoin.
+        self.assertEqual(a2.got, [])
+        self.assertEqual(self.g.groups["g"].state, PREPARING)
+        self.assertEqual(self.g.heartbeat("g", 1, m1, None), errors.REBALANCE_IN_PROGRESS)
+        a1 = self.join(member_id=m1)
+        self.assertEqual(a1.last["generation_id"], 2)
+        self.assertEqual(a2.last["generation_id"], 2)
+        self.assertEqual(len(a1.last["members"]), 2)
+        self.assertEqual(a2.last["members"], [])
+        s2 = self.sync(m2, 2)
+        self.assertEqual(s2.got, [])
+        self.assertEqual(self.g.groups["g"].state, COMPLETING)
+        s1 = self.sync(m1, 2, {m1: b"a", m2: b"b"})
+        self.assertEqual(s1.last["assignment"], b"a")
+        self.assertEqual(s2.last["assignment"], b"b")
+
+    def test_leave_rebalances(self):
+        m1, _ = self.new_member()
+        self.sync(m1, 1)
+        m2, _ = self.new_member()
+        self.join(member_id=m1)
+        code, results = self.g.leave("g", [(m2, None)])
+        self.assertEqual((code, results), (0, [(m2, None, 0)]))
+        self.assertEqual(self.g.groups["g"].state, PREPARING)
+        a1 = self.join(member_id=m1)
+        self.assertEqual(a1.last["generation_id"], 3)
+        self.assertEqual(len(a1.last["members"]), 1)
+        self.g.leave("g", [(m1, None)])
+        self.assertEqual(self.g.groups["g"].state, EMPTY)
+        self.assertEqual(self.g.leave("g", [("x", None)])[0], errors.UNKNOWN_MEMBER_ID)
+
+    def test_session_timeout(self):
+        m1, _ = self.new_member(session=6000)
+        self.sync(m1, 1)
+        m2, a2 = self.new_member(session=6000)
+        a1 = self.join(member_id=m1, session=6000)
+        self.sync(m2, 2)
+        self.sync(m1, 2)
+        for _ in range(2):
+            self.clock.advance(2)
+            self.assertEqual(self.g.heartbeat("g", 2, m1, None), 0)
+        self.clock.advance(2.5)
+        # m2 sent no heartbeat for 6 s: expired, the group rebalances.
+        self.assertNotIn(m2, self.g.groups["g"].members)
+        self.assertEqual(self.g.heartbeat("g", 2, m1, None), errors.REBALANCE_IN_PROGRESS)
+        a1 = self.join(member_id=m1, session=6000)
+        self.assertEqual(a1.last["generation_id"], 3)
+
+    def test_rebalance_timeout_drops_silent_members(self):
+        m1, _ = self.new_member(rebalance=5000)
+        self.sync(m1, 1)
+        m2, a2 = self.new_member(rebalance=5000)
+        self.assertEqual(self.g.groups["g"].state, PREPARING)
+        self.clock.advance(5)
+        self.assertEqual(a2.last["generation_id"], 2)
+        self.assertEqual(list(self.g.groups["g"].members), [m2])
+        self.assertEqual(a2.last["leader"], m2)
+
+    def test_static_member_fences_old_instance(self):
+        a = self.join(instance_id="i1")
+        old = a.last["member_id"]
+        self.assertEqual(a.last["error_code"], 0)
+        self.sync(old, 1)
+        b = self.join(instance_id="i1")
+        new = b.last["member_id"]
+        self.assertNotEqual(new, old)
+        self.assertEqual(b.last["error_code"], 0)
+        self.assertEqual(self.g.heartbeat("g", b.last["generation_id"], old, "i1"),
+                         errors.FENCED_INSTANCE_ID)
+        self.assertEqual(self.g.leave("g", [(old, "i1")])[0], errors.FENCED_INSTANCE_ID)
+        self.assertEqual(self.g.leave("g", [("", "i1")])[0], errors.NONE)
+
+    def test_inconsistent_protocol(self):
+        self.new_member()
+        a = self.join(protocols=[("other", b"")])
+        self.assertEqual(a.last["error_code"], errors.INCONSISTENT_GROUP_PROTOCOL)
+
+    def test_session_timeout_bounds(self):
+        a = self.join(session=10)
+        self.assertEqual(a.last["error_code"], errors.INVALID_SESSION_TIMEOUT)
+
+    def test_unknown_member_rejoin(self):
+        a = self.join(member_id="ghost")
+        self.assertEqual(a.last["error_code"], errors.UNKNOWN_MEMBER_ID)
+
+    def test_commit_checks_and_offsets(self):
+        self.assertEqual(self.g.check_commit("solo", -1, "", None), 0)
+        m, _ = self.new_member()
+        self.assertEqual(self.g.check_commit("g", 1, m, None), errors.REBALANCE_IN_PROGRESS)
+        self.sync(m, 1)
+        self.assertEqual(self.g.check_commit("g", 1, m, None), 0)
+        self.assertEqual(self.g.check_commit("g", 0, m, None), errors.ILLEGAL_GENERATION)
+        self.assertEqual(self.g.check_commit("g", -1, "", None), errors.UNKNOWN_MEMBER_ID)
+        self.successResultOf(self.g.commit("g", {"kafka/t/0": (5, "m")}))
+        self.assertEqual(self.g.committed("g"), {"kafka/t/0": (5, "m")})
+
+    def test_describe_list_delete(self):
+        m, _ = self.new_member()
+        self.sync(m, 1, {m: b"x"})
+        d = self.g.describe("g")
+        self.assertEqual((d["group_state"], d["protocol_data"]), (STABLE, "range"))
+        self.assertEqual(d["members"][0]["member_assignment"], b"x")
+        self.assertEqual(self.g.describe("nope")["group_state"], "Dead")
+        self.successResultOf(self.g.commit("old", {"kafka/t/0": (1, "")}))
+        self.assertEqual([x["group_id"] for x in self.g.list()], ["g", "old"])
+        self.assertEqual([x["group_id"] for x in self.g.list({"Empty"})], ["old"])
+        self.assertEqual(self.g.delete("g"), errors.NON_EMPTY_GROUP)
+        self.assertEqual(self.g.delete("old"), 0)
+        self.assertEqual(self.g.delete("old"), errors.GROUP_ID_NOT_FOUND)
+
+    def test_initial_rebalance_delay(self):
+        broker = types.SimpleNamespace(
+            reactor=self.clock, config=kafka_config(group_initial_rebalance_delay_ms=3000),
+            offsets=MemoryOffsets())
+        self.g = GroupCoordinator(broker)
+        m1, a1 = self.new_member()
+        self.assertEqual(a1.got, [])
+        m2, a2 = self.new_member()
+        self.clock.advance(3)
+        self.assertEqual(a1.last["generation_id"], 1)
+        self.assertEqual(a2.last["generation_id"], 1)
+
+    def test_stop_cancels_timers(self):
+        self.new_member()
+        self.g.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
