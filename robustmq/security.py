@@ -48,7 +48,12 @@ def verify_password(password, encoded):
     parts = encoded.split("$")
     pw = password.encode("utf-8")
     try:
-        if len(parts) == 5 and parts[1] == "7":
+        if len(parts) == 6 and parts[1] in SCRAM_HASHES:
+            mechanism = SCRAM_HASHES[parts[1]]
+            salt = base64.b64decode(parts[3], validate=True)
+            want = base64.b64decode(parts[4], validate=True)
+            got = scram_keys(pw, salt, int(parts[2]), mechanism)[0]
+        elif len(parts) == 5 and parts[1] == "7":
             iterations = int(parts[2])
             salt = base64.b64decode(parts[3], validate=True)
             want = base64.b64decode(parts[4], validate=True)
@@ -64,9 +69,51 @@ def verify_password(password, encoded):
     return hmac.compare_digest(got, want)
 
 
+SCRAM_HASHES = {"scram-sha-256": "SCRAM-SHA-256", "scram-sha-512": "SCRAM-SHA-512"}
+_HASH_OF = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}
+
+
+def scram_keys(password, salt, iterations, mechanism):
+    """
+    C{(stored_key, server_key)} of RFC 5802 for C{password} (bytes).
+    """
+    h = _HASH_OF[mechanism]
+    salted = hashlib.pbkdf2_hmac(h().name, password, salt, iterations)
+    return _keys_from_salted(salted, h)
+
+
+def _keys_from_salted(salted, h):
+    client_key = hmac.new(salted, b"Client Key", h).digest()
+    return h(client_key).digest(), hmac.new(salted, b"Server Key", h).digest()
+
+
+def scram_entry(password, mechanism="SCRAM-SHA-256", iterations=4096, salt=None):
+    """
+    A password-file hash holding the SCRAM credentials of C{password}:
+    C{$scram-sha-256$ITERATIONS$SALT$STORED_KEY$SERVER_KEY} (base64), for
+    Kafka clients using SASL SCRAM.
+    """
+    if salt is None:
+        salt = os.urandom(SALT_BYTES)
+    stored, server = scram_keys(password.encode("utf-8"), salt, iterations, mechanism)
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return "${}${}${}${}${}".format(mechanism.lower(), iterations, b64(salt), b64(stored), b64(server))
+
+
+def _well_formed(encoded):
+    parts = encoded.split("$")
+    return (
+        (len(parts) == 5 and parts[1] == "7" and parts[2].isdigit())
+        or (len(parts) == 4 and parts[1] == "6")
+        or (len(parts) == 6 and parts[1] in SCRAM_HASHES and parts[2].isdigit())
+    )
+
+
 def parse_password_file(text, source="<password file>"):
     """
-    C{{user: encoded_hash}} from the text of a password file.
+    C{{user: [encoded_hash, ...]}} from the text of a password file. A user
+    may have several lines: a C{$7$} (or C{$6$}) hash as Mosquitto writes
+    it, and C{$scram-sha-256$}/C{$scram-sha-512$} SCRAM credentials.
 
     @raise PasswordFileError: naming every bad line.
     """
@@ -77,15 +124,13 @@ def parse_password_file(text, source="<password file>"):
         if not line or line.startswith("#"):
             continue
         user, sep, encoded = line.partition(":")
-        parts = encoded.split("$")
-        ok = sep and user and (
-            (len(parts) == 5 and parts[1] == "7" and parts[2].isdigit())
-            or (len(parts) == 4 and parts[1] == "6")
-        )
-        if not ok:
-            problems.append("{}:{}: not 'user:$7$...' or 'user:$6$...'".format(source, lineno))
+        if not (sep and user and _well_formed(encoded)):
+            problems.append(
+                "{}:{}: not 'user:$7$...', 'user:$6$...' or 'user:$scram-sha-256$...'".format(
+                    source, lineno)
+            )
             continue
-        users[user] = encoded
+        users.setdefault(user, []).append(encoded)
     if problems:
         raise PasswordFileError("; ".join(problems))
     return users
@@ -94,13 +139,15 @@ def parse_password_file(text, source="<password file>"):
 @implementer(IAuthenticator)
 class Authenticator:
     """
-    @param users: C{{user: encoded_hash}}.
+    @param users: C{{user: encoded_hash or [encoded_hash, ...]}}.
     """
 
     log = Logger()
 
     def __init__(self, users, allow_anonymous=True, cache_size=10000):
-        self._users = dict(users)
+        self._users = {
+            u: [h] if isinstance(h, str) else list(h) for u, h in users.items()
+        }
         self.allow_anonymous = allow_anonymous
         self._cache = {}
         self._cache_size = cache_size
@@ -117,23 +164,47 @@ class Authenticator:
         return username in self._users
 
     def authenticate(self, username, password, peer_host=None):
-        encoded = self._users.get(username)
-        if encoded is None or password is None:
+        hashes = self._users.get(username)
+        if hashes is None or password is None:
             return False
         if isinstance(password, bytes):
             try:
                 password = password.decode("utf-8")
             except UnicodeDecodeError:
                 return False
-        key = (username, encoded, password)
+        key = (username, password)
         if key in self._cache:
             return True
-        if not verify_password(password, encoded):
+        if not any(verify_password(password, encoded) for encoded in hashes):
             return False
         if len(self._cache) >= self._cache_size:
             self._cache.clear()
         self._cache[key] = True
         return True
+
+
+    def scram_credentials(self, username, mechanism):
+        """
+        C{(salt, iterations, stored_key, server_key)} for SASL SCRAM
+        (C{"SCRAM-SHA-256"} or C{"SCRAM-SHA-512"}), or L{None}. SCRAM-SHA-512
+        also works from a C{$7$} hash, which is PBKDF2-HMAC-SHA512: the salted
+        password SCRAM needs.
+        """
+        for encoded in self._users.get(username, ()):
+            parts = encoded.split("$")
+            try:
+                if len(parts) == 6 and SCRAM_HASHES.get(parts[1]) == mechanism:
+                    return (
+                        base64.b64decode(parts[3]), int(parts[2]),
+                        base64.b64decode(parts[4]), base64.b64decode(parts[5]),
+                    )
+                if len(parts) == 5 and parts[1] == "7" and mechanism == "SCRAM-SHA-512":
+                    salted = base64.b64decode(parts[4])
+                    stored, server = _keys_from_salted(salted, hashlib.sha512)
+                    return base64.b64decode(parts[3]), int(parts[2]), stored, server
+            except ValueError:
+                continue
+        return None
 
 
 def topic_matches(topic_filter, topic):
@@ -236,3 +307,35 @@ class Authorizer:
             if hit:
                 return rule.allow
         return self.default_allow
+
+
+def main(argv=None):
+    """
+    C{python -m robustmq.security passwd FILE USER [PASSWORD]}: add or
+    replace a user in a password file (C{$7$} and SCRAM-SHA-256 lines).
+    """
+    import getpass
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (3, 4) or args[0] != "passwd":
+        sys.stderr.write("usage: python -m robustmq.security passwd FILE USER [PASSWORD]\n")
+        return 2
+    path, user = args[1], args[2]
+    if ":" in user or not user:
+        sys.stderr.write("a user name may not be empty or hold ':'\n")
+        return 2
+    password = args[3] if len(args) == 4 else getpass.getpass("password for {}: ".format(user))
+    lines = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            lines = [l for l in f.read().splitlines() if l.partition(":")[0] != user]
+    lines.append("{}:{}".format(user, hash_password(password)))
+    lines.append("{}:{}".format(user, scram_entry(password)))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

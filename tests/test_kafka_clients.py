@@ -513,3 +513,95 @@ class DurabilityTests(TestCase):
 
 
 del signal
+
+
+class SaslClientTests(TestCase):
+    """
+    SASL PLAIN and SCRAM-SHA-256/512 with confluent-kafka against users of
+    a password file written by C{python -m robustmq.security passwd}.
+    """
+
+    timeout = 120
+    if confluent_kafka is None:
+        skip = "confluent-kafka is not installed"
+
+    @inlineCallbacks
+    def setUp(self):
+        from robustmq.config import parse_config
+        from robustmq.security import main as passwd
+
+        reactor.suggestThreadPoolSize(12)
+        path = os.path.abspath(self.mktemp())
+        self.assertEqual(passwd(["passwd", path, "alice", "wonder-land"]), 0)
+        config = parse_config({
+            "node": {"data_dir": self.mktemp(), "shutdown_grace_s": 5},
+            "mqtt_runtime": {"network": {"listeners": []}},
+            "amqp_runtime": {"network": {"listeners": []}},
+            "admin": {"listeners": []},
+            "kafka_runtime": {"network": {"listeners": ["tcp:0:interface=127.0.0.1"]}},
+            "security": {"allow_anonymous": False, "password_file": path},
+        })
+        self.broker = BrokerServer(config, reactor=reactor)
+        self.broker.privilegedStartService()
+        self.broker.startService()
+        self.addCleanup(lambda: self.broker.stopService() if self.broker.running else None)
+        yield self.broker.ready
+        self.bootstrap = "127.0.0.1:{}".format(self.broker.node.bound_port("kafka", 0))
+
+    def round_trip(self, mechanism, password):
+        def run():
+            from confluent_kafka import Consumer, Producer
+
+            common = {
+                "bootstrap.servers": self.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": mechanism, "sasl.username": "alice",
+                "sasl.password": password,
+            }
+            errors = []
+            producer = Producer(dict(common, acks="all", **{
+                "message.timeout.ms": 10000,
+                "error_cb": errors.append,
+            }))
+            delivered = []
+            producer.produce("sasl", b"hello " + mechanism.encode(),
+                             on_delivery=lambda e, m: delivered.append(e))
+            producer.flush(15)
+            if delivered != [None]:
+                return delivered, errors, []
+            consumer = Consumer(dict(common, **{
+                "group.id": "g-" + mechanism, "auto.offset.reset": "earliest",
+            }))
+            consumer.subscribe(["sasl"])
+            got = _consume_all(consumer, 1, deadline_s=20)
+            consumer.close()
+            return delivered, errors, [m.value() for m in got]
+
+        return deferToThread(run)
+
+    @inlineCallbacks
+    def test_mechanisms(self):
+        for mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            delivered, errors, values = yield self.round_trip(mechanism, "wonder-land")
+            self.assertEqual(delivered, [None], (mechanism, errors))
+            self.assertIn(b"hello " + mechanism.encode(), values)
+
+    def test_wrong_password(self):
+        """
+        A wrong password is refused: the client cannot get metadata.
+        """
+        def run():
+            admin = AdminClient({
+                "bootstrap.servers": self.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "alice",
+                "sasl.password": "wrong",
+            })
+            try:
+                admin.list_topics(timeout=5)
+            except confluent_kafka.KafkaException as e:
+                return str(e)
+            return None
+
+        def check(error):
+            self.assertIsNotNone(error)
+
+        return deferToThread(run).addCallback(check)

@@ -127,3 +127,58 @@ class AuthorizerTests(TestCase):
         self.assertFalse(a.check("publish", "lan/a", ip=None))
         self.assertTrue(a.check("publish", "dev/x", client_id="dev1"))
         self.assertFalse(a.check("publish", "dev/x", client_id="dev2"))
+
+
+class ScramTests(TestCase):
+    def test_scram_entry(self):
+        """
+        C{$scram-sha-256$} lines verify passwords and give SCRAM
+        credentials equal to RFC 5802's derivation.
+        """
+        from robustmq.kafka.sasl import scram_credentials
+        from robustmq.security import scram_entry
+
+        salt = b"0123456789ab"
+        line = scram_entry("pw", "SCRAM-SHA-256", iterations=4096, salt=salt)
+        self.assertTrue(line.startswith("$scram-sha-256$4096$"))
+        self.assertTrue(verify_password("pw", line))
+        self.assertFalse(verify_password("other", line))
+        users = parse_password_file("kafka:{}\nkafka:{}\n".format(
+            hash_password("pw", iterations=50), line))
+        auth = Authenticator(users)
+        self.assertTrue(auth.authenticate("kafka", "pw"))
+        self.assertEqual(
+            auth.scram_credentials("kafka", "SCRAM-SHA-256"),
+            scram_credentials("pw", "SCRAM-SHA-256", salt=salt, iterations=4096),
+        )
+        self.assertIsNone(auth.scram_credentials("nobody", "SCRAM-SHA-256"))
+
+    def test_scram_sha512_from_mosquitto_hash(self):
+        """
+        A C{$7$} hash is the salted password of SCRAM-SHA-512.
+        """
+        from robustmq.kafka.sasl import scram_credentials
+
+        salt = b"saltsaltsalt"
+        auth = Authenticator({"m": hash_password("pw", iterations=4096, salt=salt)})
+        self.assertEqual(
+            auth.scram_credentials("m", "SCRAM-SHA-512"),
+            scram_credentials("pw", "SCRAM-SHA-512", salt=salt, iterations=4096),
+        )
+        self.assertIsNone(auth.scram_credentials("m", "SCRAM-SHA-256"))
+
+    def test_passwd_command(self):
+        from robustmq.security import main
+
+        path = self.mktemp()
+        self.assertEqual(main(["passwd", path, "alice", "a1"]), 0)
+        self.assertEqual(main(["passwd", path, "bob", "b1"]), 0)
+        self.assertEqual(main(["passwd", path, "alice", "a2"]), 0)
+        with open(path) as f:
+            users = parse_password_file(f.read())
+        auth = Authenticator(users)
+        self.assertTrue(auth.authenticate("alice", "a2"))
+        self.assertFalse(auth.authenticate("alice", "a1"))
+        self.assertTrue(auth.authenticate("bob", "b1"))
+        self.assertIsNotNone(auth.scram_credentials("alice", "SCRAM-SHA-256"))
+        self.assertIsNotNone(auth.scram_credentials("alice", "SCRAM-SHA-512"))
