@@ -68,3 +68,66 @@ class BrokerCase(TestCase):
 
     def url(self):
         return "amqp://guest:guest@127.0.0.1:%d/%%2F" % (self.port,)
+
+
+def pika_connect(port, **kwargs):
+    """
+    A pika BlockingConnection to the broker on C{port} (run in a thread).
+    """
+    import pika
+
+    kwargs.setdefault("blocked_connection_timeout", 10)
+    return pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port, **kwargs))
+
+
+def pika_drain(ch, queue, count, timeout=5, ack=True):
+    """
+    Consume up to C{count} messages of C{queue} with pika's generator
+    consumer, each awaited at most C{timeout} seconds: a list of
+    (method, properties, body).
+    """
+    got = []
+    if count:
+        for method, props, body in ch.consume(queue, inactivity_timeout=timeout):
+            if method is None:
+                break
+            got.append((method, props, body))
+            if ack:
+                ch.basic_ack(method.delivery_tag)
+            if len(got) >= count:
+                break
+    ch.cancel()
+    return got
+
+
+def pika_get_all(ch, queue):
+    """
+    The bodies of every message of C{queue}, taken with basic.get (no-ack).
+    """
+    bodies = []
+    while True:
+        method, _, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return bodies
+        bodies.append(body)
+
+
+def wait_until(predicate, conn, timeout=5.0, step=0.05):
+    """
+    Process the events of the pika C{conn} until C{predicate()} is true or
+    C{timeout} seconds passed; the last value of C{predicate()}.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        conn.process_data_events(step)
+    return predicate()
+
+
+def pump(conn, seconds):
+    """
+    Process the events of the pika C{conn} for C{seconds} (pika's own
+    C{process_data_events(t)} returns at the first event).
+    """
+    wait_until(lambda: False, conn, timeout=seconds)

@@ -18,6 +18,7 @@ from robustmq.amqp import codec
 from robustmq.amqp.broker import Broker
 from robustmq.amqp.factory import AmqpFactory
 from robustmq.amqp.params import AmqpParams
+from robustmq.amqp.service import ResourceWatch
 from robustmq.config import Config, parse_config
 from robustmq.connections import ConnectionManager
 from robustmq.metrics import Metrics
@@ -519,3 +520,51 @@ class MessagingTests(AmqpTestCase):
         self.assertEqual(transport.producerState, "paused")
         proto.set_blocked(False)
         self.assertEqual(transport.producerState, "producing")
+
+    def test_blocked_on_first_publish(self):
+        """
+        During an alarm a connection is blocked when it publishes, not when
+        it opens: a connection that only consumes keeps being read.
+        """
+        watch = ResourceWatch(self.harness.broker, self.harness.params.config)
+        self.harness.factory.watcher = watch
+        watch.alarm = "low on memory"
+        consumer, ctransport = self.opened()
+        publisher, ptransport = self.opened()
+        self.assertFalse(consumer.blocked)
+        self.assertFalse(publisher.blocked)
+        got = self.feed(publisher, ptransport, publish(1, "", "q", b"x"))
+        self.assertEqual(got, [codec.ConnectionBlocked("low on memory")])
+        self.assertTrue(publisher.blocked)
+        self.assertEqual(ptransport.producerState, "paused")
+        self.assertEqual(ctransport.producerState, "producing")
+        watch.alarm = None
+        self.harness.reactor.advance(0)
+        watch.check()
+        self.assertFalse(publisher.blocked)
+        self.assertEqual(methods(ptransport.value()), [codec.ConnectionUnblocked()])
+
+    def test_blocked_not_idle(self):
+        """
+        A blocked connection is not read from, so it is not dropped for the
+        heartbeats that wait unread in its socket.
+        """
+        proto, transport = self.opened(heartbeat=1)
+        self.feed(proto, transport, publish(1, "", "q", b"x"))
+        proto.set_blocked(True, "low on memory")
+        self.harness.reactor.advance(5)
+        self.assertFalse(transport.disconnecting)
+        proto.set_blocked(False)
+        self.harness.reactor.advance(2.5)
+        self.assertTrue(transport.disconnecting)
+
+    def test_cancel_ok_from_client(self):
+        """
+        A basic.cancel-ok from the client (its answer to a cancel
+        notification) is accepted silently.
+        """
+        proto, transport = self.opened()
+        got = self.feed(proto, transport,
+                        codec.encode_method(1, codec.BasicCancelOk("amq.ctag-x")))
+        self.assertEqual(got, [])
+        self.assertFalse(transport.disconnecting)

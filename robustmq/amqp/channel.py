@@ -312,6 +312,11 @@ class Channel:
             consumer.cancelled = True
             consumer.queue.remove_consumer(consumer)
 
+    def on_basic_cancel_ok(self, m):
+        # A client's answer to the basic.cancel sent when a queue was
+        # deleted (RabbitMQ 4.3 clients send it): nothing left to do.
+        pass
+
     def on_basic_get(self, m):
         q = self._queue(m.queue)
         q.touch()
@@ -653,6 +658,7 @@ _HANDLERS = {
     codec.BasicQos: Channel.on_basic_qos,
     codec.BasicConsume: Channel.on_basic_consume,
     codec.BasicCancel: Channel.on_basic_cancel,
+    codec.BasicCancelOk: Channel.on_basic_cancel_ok,
     codec.BasicGet: Channel.on_basic_get,
     codec.BasicAck: Channel.on_basic_ack,
     codec.BasicNack: Channel.on_basic_nack,

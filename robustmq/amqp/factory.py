@@ -55,6 +55,10 @@ class AmqpFactory(BrokerFactory):
         if self.watcher is not None:
             self.watcher.connection_opened(conn)
 
+    def publisher_started(self, conn):
+        if self.watcher is not None:
+            self.watcher.publisher_started(conn)
+
     def connection_lost(self, conn):
         if self.watcher is not None:
             self.watcher.connection_lost(conn)

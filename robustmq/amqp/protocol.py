@@ -508,7 +508,9 @@ class AmqpProtocol(FramedProtocol):
         ch = self.channels.get(number)
         if ch is None:
             return
-        self.publisher = True
+        if not self.publisher:
+            self.publisher = True
+            self.factory.publisher_started(self)
         ch.publish(content.exchange, content.routing_key, content.mandatory, content.header,
                    body)
 
@@ -547,6 +549,14 @@ class AmqpProtocol(FramedProtocol):
             if tell:
                 self.send_method(0, codec.ConnectionUnblocked())
             self.resume_reading("blocked")
+
+    def idle_timeout(self):
+        if self._read_pauses:
+            # Not reading (blocked, or back-pressure): the client's
+            # heartbeats wait in the socket, so its silence means nothing.
+            self.set_idle_timeout(self.idle_timeout_s)
+            return
+        FramedProtocol.idle_timeout(self)
 
     # back-pressure
 

@@ -36,6 +36,13 @@ class ResourceWatch:
 
     def connection_opened(self, conn):
         self.connections.add(conn)
+
+    def publisher_started(self, conn):
+        """
+        C{conn} published its first message: blocked at once during an
+        alarm. As in RabbitMQ, a connection that only consumes is never
+        blocked, so consumers can drain the queues that raised the alarm.
+        """
         if self.alarm:
             conn.set_blocked(True, self.alarm)
 
