@@ -919,9 +919,6 @@ class AmqpRuntimeConfig(RuntimeConfig):
         "Heartbeat interval in seconds offered in connection.tune; 0 = none.",
         60,
     )
-    vhosts: tuple = setting(
-        Array(String(non_empty=True)), "Virtual hosts served.", ("/",)
-    )
     max_message_bytes: int = setting(
         Integer(minimum=1),
         "Largest message body accepted; a larger one closes the channel with 406.",
@@ -938,16 +935,6 @@ class AmqpRuntimeConfig(RuntimeConfig):
         "Free space of the data directory below which publishing connections are"
         " blocked; 0 = not checked.",
         52428800,
-    )
-    default_user: str = setting(
-        String(),
-        'User accepted with default_password, as RabbitMQ\'s guest; "" = none (users of'
-        " security.password_file are accepted too).",
-        "guest",
-    )
-    default_password: str = setting(String(), "Password of default_user.", "guest")
-    loopback_users: tuple = setting(
-        Array(String(non_empty=True)), "Users accepted only from a loopback address.", ("guest",)
     )
 
 
@@ -1064,6 +1051,23 @@ class SecurityConfig:
     )
     acl_default: str = setting(
         String(choices=("allow", "deny")), "Decision when no ACL rule matches.", "allow"
+    )
+    amqp_vhosts: tuple = setting(
+        Array(String(non_empty=True)), "AMQP virtual hosts served.", ("/",)
+    )
+    amqp_default_user: str = setting(
+        String(),
+        'AMQP user accepted with amqp_default_password, as RabbitMQ\'s guest; "" = none'
+        " (users of password_file are accepted too).",
+        "guest",
+    )
+    amqp_default_password: str = setting(
+        String(), "Password of amqp_default_user.", "guest"
+    )
+    amqp_loopback_users: tuple = setting(
+        Array(String(non_empty=True)),
+        "AMQP users accepted only from a loopback address.",
+        ("guest",),
     )
     acl: tuple = setting(
         TableArray(

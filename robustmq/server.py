@@ -107,7 +107,8 @@ class BrokerServer(MultiService):
             self.storage, self.offsets, self.meta, self.shutdown,
         )))
         self.add_protocol(AmqpService(AmqpParams(
-            self.reactor, self.config.amqp_runtime, grace, self.connections,
+            self.reactor, self.config.amqp_runtime, self.config.security, grace,
+            self.connections,
             self.rate_limiter, self.node, self.metrics, self.authenticator,
             self.authorizer, self.storage, self.meta, self.shutdown,
         )))

@@ -19,7 +19,11 @@ def amqp_config(data_dir, amqp=None, **extra):
     """
     runtime = {"network": {"listeners": [LOCAL]}}
     runtime.update(amqp or {})
+    security = {}
+    if "vhosts" in runtime:
+        security["amqp_vhosts"] = runtime.pop("vhosts")
     data = {
+        "security": security,
         "node": {"data_dir": data_dir, "shutdown_grace_s": 5},
         "mqtt_runtime": {"network": {"listeners": []}},
         "kafka_runtime": {"network": {"listeners": []}},

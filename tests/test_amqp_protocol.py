@@ -69,11 +69,12 @@ class Harness:
         self.metrics = Metrics(self.connections, self.node)
         security = Config().security
         self.params = AmqpParams(
-            self.reactor, config.amqp_runtime, 5.0, self.connections, None, self.node,
+            self.reactor, config.amqp_runtime, config.security, 5.0, self.connections,
+            None, self.node,
             self.metrics, Authenticator(users or {}), Authorizer.from_config(security),
             None, None, None,
         )
-        self.broker = Broker(self.reactor, None, None, config.amqp_runtime.vhosts)
+        self.broker = Broker(self.reactor, None, None, config.security.amqp_vhosts)
         self.factory = AmqpFactory(self.params, "tcp:5672", self.broker)
 
     def connect(self, host="127.0.0.1"):

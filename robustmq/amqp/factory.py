@@ -34,13 +34,14 @@ class AmqpFactory(BrokerFactory):
     def check_login(self, user, password, peer_host):
         """
         Whether C{user} may log in from C{peer_host} with C{password}
-        (bytes): the default user of C{[amqp_runtime]} (loopback only when
-        listed in C{loopback_users}), or a user of the shared authenticator.
+        (bytes): the default user of C{[security]} (loopback only when
+        listed in C{amqp_loopback_users}), or a user of the shared
+        authenticator.
         """
-        config = self.params.config
-        default_user = config.default_user
-        default_password = config.default_password
-        loopback_users = config.loopback_users
+        security = self.params.security
+        default_user = security.amqp_default_user
+        default_password = security.amqp_default_password
+        loopback_users = security.amqp_loopback_users
         if user in loopback_users and not is_loopback(peer_host):
             return False
         if default_user and user == default_user:

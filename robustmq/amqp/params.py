@@ -11,6 +11,7 @@ from attrs import frozen
 class AmqpParams:
     reactor: object
     config: object  # robustmq.config.AmqpRuntimeConfig
+    security: object  # robustmq.config.SecurityConfig: users and vhosts
     shutdown_grace_s: float
     connections: object
     rate_limiter: object

@@ -97,7 +97,7 @@ class AmqpService(ProtocolService):
     def __init__(self, params):
         storage = getattr(params, "storage", None)
         self.broker = Broker(params.reactor, storage, getattr(params, "meta", None),
-                             params.config.vhosts)
+                             params.security.amqp_vhosts)
         self.watch = ResourceWatch(self.broker, params.config,
                                    getattr(storage, "data_dir", None))
         self._watch_loop = None
