@@ -72,6 +72,10 @@ _SOURCE_DEFAULT = 5
 _SOURCE_STATIC_BROKER = 4
 
 
+#: Bytes read from a client socket at once (Twisted's default is 64 KiB).
+READ_BYTES = 1 << 20
+
+
 class KafkaProtocol(FramedProtocol):
     """
     One Kafka client connection.
@@ -86,6 +90,10 @@ class KafkaProtocol(FramedProtocol):
 
     def connectionMade(self):
         FramedProtocol.connectionMade(self)
+        if getattr(self.transport, "bufferSize", 0) < READ_BYTES:
+            # Produce requests are large: read them in fewer, larger chunks
+            # (a plain TCP transport reads bufferSize bytes per recv).
+            self.transport.bufferSize = READ_BYTES
         f = self.factory
         self.broker = f.broker
         self.broker.load()
