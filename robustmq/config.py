@@ -829,6 +829,20 @@ class MqttProtocolConfig:
         " publish disabled.",
         100000,
     )
+    server_reference: str = setting(
+        String(),
+        'Another server for MQTT 5 clients ("host:port", "" = none): new MQTT 5'
+        " connections are refused with it (CONNACK 0x9C, or 0x9D when"
+        " server_moved), 3.x ones with return code 3, and at a stop MQTT 5"
+        " clients are disconnected with it.",
+        "",
+    )
+    server_moved: bool = setting(
+        Boolean(),
+        "server_reference is permanent (reason 0x9D Server moved) rather than"
+        " temporary (0x9C Use another server).",
+        False,
+    )
 
 
 @frozen(kw_only=True)

@@ -13,6 +13,7 @@ from robustmq.metrics import Metrics
 from robustmq.mqtt.broker import Broker
 from robustmq.mqtt.codec import Connect, decode_stream
 from robustmq.mqtt.factory import MqttFactory
+from robustmq.mqtt.journal import Journal
 from robustmq.mqtt.params import MqttParams
 from robustmq.node import NodeCache
 from robustmq.ratelimit import RateLimiter
@@ -42,12 +43,20 @@ def make_params(protocol=None, security=None, network=None, reactor=None,
 class Harness:
     """
     A broker and its factory on a memory reactor.
+
+    @param storage: a storage manager for the session journal (none by
+        default).
+    @param store: the session store (a L{robustmq.mqtt.store.MemoryStore}
+        by default).
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, storage=None, store=None, **kwargs):
         self.params = make_params(**kwargs)
         self.reactor = self.params.reactor
-        self.broker = Broker(self.params)
+        journal = None
+        if storage is not None:
+            journal = Journal(storage, self.reactor)
+        self.broker = Broker(self.params, store, journal=journal)
         self.factory = MqttFactory(self.params, "tcp:0", self.broker)
         self._ports = 40000
 

@@ -52,7 +52,7 @@ def broker_config(data_dir, pki, protocol=None, security=None):
         "kafka_runtime": {"network": {"listeners": []}},
         "amqp_runtime": {"network": {"listeners": []}},
         "admin": {"listeners": []},
-        "storage": {"default_driver": "memory"},
+        "storage": {"default_driver": "memory", "mqtt_driver": "segment"},
     }
     if security:
         data["security"] = security

@@ -835,12 +835,104 @@ class ExtrasTests(SynchronousTestCase):
         self.assertEqual((m.topic, m.payload), ("later", b"x"))
 
     def test_publish_rate_limit(self):
+        """
+        Past its burst, a publisher's packets wait, in order, and reading
+        from it pauses until they are handled at the configured rate; even
+        when they all came in one read.
+        """
         h = Harness(protocol={"publish_rate_per_client": 10, "publish_burst_per_client": 2})
+        s = h.client(4)
+        s.connect("s")
+        s.send(sub(1, ("t", 0)))
+        s.received()
         c = h.client(4)
         c.connect("r")
         c.send(Publish("t", b"1"), Publish("t", b"2"))
         self.assertEqual(c.transport.producerState, "producing")
-        c.send(Publish("t", b"3"))
+        c.send(Publish("t", b"3"), Publish("t", b"4"), Pingreq(),
+               Publish("t", b"5"))
         self.assertEqual(c.transport.producerState, "paused")
-        h.reactor.advance(0.2)
+        self.assertEqual([m.payload for m in s.received()], [b"1", b"2"])
+        self.assertEqual(c.received(), [])
+        h.reactor.advance(0.1)
+        self.assertEqual([m.payload for m in s.received()], [b"3"])
+        h.reactor.advance(0.1)
+        self.assertEqual([m.payload for m in s.received()], [b"4"])
+        self.assertEqual(c.received(), [Pingresp()])
+        self.assertEqual(c.transport.producerState, "paused")
+        h.reactor.advance(0.1)
+        self.assertEqual([m.payload for m in s.received()], [b"5"])
         self.assertEqual(c.transport.producerState, "producing")
+
+
+class ServerReferenceAndPayloadFormatTests(SynchronousTestCase):
+    def test_server_reference(self):
+        """
+        With C{server_reference} set, MQTT 5 clients are sent there (0x9C,
+        or 0x9D when C{server_moved}); 3.x clients get return code 3.
+        """
+        for moved, code in ((False, 0x9C), (True, 0x9D)):
+            h = Harness(protocol={"server_reference": "other:1883",
+                                  "server_moved": moved})
+            c = h.client(5)
+            (ack,) = c.connect("c")
+            self.assertEqual(ack.reason_code, code)
+            self.assertEqual(ack.properties["server_reference"], "other:1883")
+            self.assertTrue(c.lost())
+        c = h.client(4)
+        (ack,) = c.connect("c")
+        self.assertEqual(ack.reason_code, 3)
+
+    def test_server_reference_at_stop(self):
+        """
+        At a graceful stop MQTT 5 clients are told the other server.
+        """
+        h = Harness()
+        c = h.client(5)
+        c.connect("c")
+        c.proto.pconfig = _Config(c.proto.pconfig, server_reference="b:1")
+        c.proto.close_gracefully()
+        (d,) = c.received()
+        self.assertEqual((d.reason_code, d.properties["server_reference"]),
+                         (0x9C, "b:1"))
+
+    def test_payload_format_invalid(self):
+        """
+        A payload marked UTF-8 that is not: PUBACK/PUBREC 0x99 (not
+        routed) for QoS 1/2, DISCONNECT 0x99 for QoS 0; a will: CONNACK
+        0x99.
+        """
+        h = Harness()
+        s = h.client(4)
+        s.connect("s")
+        s.send(sub(1, ("t", 2)))
+        s.received()
+        p = h.client(5)
+        p.connect("p")
+        utf8 = {"payload_format_indicator": 1}
+        p.send(Publish("t", "é".encode(), 1, packet_id=1, properties=utf8),
+               Publish("t", b"\xff", 1, packet_id=2, properties=utf8),
+               Publish("t", b"\xc3", 2, packet_id=3, properties=utf8))
+        self.assertEqual(p.received(),
+                         [Puback(1), Puback(2, 0x99), Pubrec(3, 0x99)])
+        self.assertEqual([m.payload for m in s.received()], ["é".encode()])
+        p.send(Publish("t", b"\xff", 0, properties=utf8))
+        (d,) = p.received()
+        self.assertEqual(d.reason_code, 0x99)
+        self.assertTrue(p.lost())
+        w = h.client(5)
+        (ack,) = w.connect("w", will=Will("w", b"\xff", properties=utf8))
+        self.assertEqual(ack.reason_code, 0x99)
+
+
+class _Config:
+    """
+    A config section with some values changed.
+    """
+
+    def __init__(self, config, **changes):
+        self._config = config
+        self.__dict__.update(changes)
+
+    def __getattr__(self, name):
+        return getattr(self._config, name)

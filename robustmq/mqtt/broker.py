@@ -19,10 +19,12 @@ import uuid
 import zlib
 from collections import deque
 
+from twisted.internet.defer import gatherResults
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from robustmq.mqtt.codec import PublishFanout
+from robustmq.mqtt.journal import DELAYED_CLIENT, NullJournal
 from robustmq.mqtt.store import (
     MemoryStore, message_record, properties_from_record,
 )
@@ -31,6 +33,9 @@ from robustmq.mqtt.topics import RetainedIndex, SubscriptionTrie
 #: Session expiry interval meaning "never" (MQTT 5, 3.1.2.11.2).
 NEVER_EXPIRES = 0xFFFFFFFF
 
+#: The queue of a session that never queued anything (a deque is made
+#: when the first message is queued: idle connections stay small).
+_NO_QUEUE = ()
 _SHARE = "$share/"
 _DELAYED = "$delayed/"
 _ROUTE_CACHE_SIZE = 50000
@@ -59,10 +64,11 @@ class Message:
     @ivar fanout: its L{PublishFanout}, which caches its encoded variants.
     @ivar expiry_at: the reactor time it expires at, or L{None}.
     @ivar sender: the client id of its publisher, or L{None}.
+    @ivar jid: its id in the session journal, once written there.
     """
 
     __slots__ = ("topic", "payload", "qos", "retain", "properties", "fanout",
-                 "expiry_at", "sender", "created")
+                 "expiry_at", "sender", "created", "jid")
 
     def __init__(self, topic, payload, qos, retain, properties, sender, now,
                  expiry_at=None):
@@ -75,6 +81,7 @@ class Message:
         self.created = now
         self.expiry_at = expiry_at
         self.fanout = PublishFanout(topic, payload, properties)
+        self.jid = None
 
     def remaining(self, now):
         """
@@ -162,14 +169,16 @@ class Session:
         sub_ids, state, group]}, state 0 waiting for PUBACK/PUBREC, 1 for
         PUBCOMP.
     @ivar queue: messages waiting for room in the in-flight window or for the
-        client to come back: C{[msg, qos, retain, sub_ids, group]}.
-    @ivar awaiting_rel: packet ids of received QoS 2 PUBLISH waiting for
-        PUBREL.
+        client to come back: C{[msg, qos, retain, sub_ids, group]} (a
+        deque, or an empty tuple until the first one).
+    @ivar awaiting_rel: packet id -> journal id (or L{None}) of received
+        QoS 2 PUBLISH waiting for PUBREL.
+    @ivar journaled: what it holds is written in the session journal.
     """
 
     __slots__ = ("client_id", "conn", "expiry", "subs", "inflight", "queue",
                  "awaiting_rel", "next_id", "will", "will_timer",
-                 "expiry_timer", "level", "disconnected_at", "store_seq")
+                 "expiry_timer", "level", "disconnected_at", "journaled")
 
     def __init__(self, client_id, expiry=0):
         self.client_id = client_id
@@ -177,15 +186,15 @@ class Session:
         self.expiry = expiry
         self.subs = {}
         self.inflight = {}
-        self.queue = deque()
-        self.awaiting_rel = set()
+        self.queue = _NO_QUEUE
+        self.awaiting_rel = {}
         self.next_id = 0
         self.will = None
         self.will_timer = None
         self.expiry_timer = None
         self.level = 4
         self.disconnected_at = None
-        self.store_seq = 0
+        self.journaled = False
 
     @property
     def persistent(self):
@@ -219,17 +228,21 @@ class Broker:
 
     @param params: the L{robustmq.mqtt.params.MqttParams}.
     @param store: where persistent state goes (L{MemoryStore} by default).
+    @param journal: where the messages of persistent sessions go (a
+        L{robustmq.mqtt.journal.Journal}; by default nowhere).
     """
 
     log = Logger()
 
-    def __init__(self, params, store=None, rng=None):
+    def __init__(self, params, store=None, rng=None, journal=None):
         self.params = params
         self.reactor = params.reactor
         self.config = params.config.protocol
         self.store = store if store is not None else MemoryStore()
+        self.journal = journal if journal is not None else NullJournal()
         self.random = rng if rng is not None else random.Random()
         self.sessions = {}
+        self.journal.sessions = self.sessions
         self.trie = SubscriptionTrie()
         self.retained = RetainedIndex()
         self._routes = {}
@@ -296,7 +309,8 @@ class Broker:
                 if timer is not None and timer.active():
                     timer.cancel()
                 setattr(session, name, None)
-        return self.store.flush()
+        return gatherResults([self.store.flush(), self.journal.flush()],
+                             consumeErrors=True)
 
     def load(self):
         now = self.reactor.seconds()
@@ -327,25 +341,53 @@ class Broker:
             self.sessions[client_id] = session
             for f, qos, nl, rap, rh, sub_id in record["subscriptions"]:
                 self._add_sub(session, f, qos, nl, rap, rh, sub_id)
-            for item in self.store.load_queue(client_id):
-                msg = Message(
-                    item["topic"], item["payload"], item["msg_qos"],
-                    item["retain"],
-                    properties_from_record(item.get("properties")),
-                    item.get("sender"), now,
-                    self._local_expiry(item.get("expiry_at"), now, wall))
-                session.queue.append(
-                    [msg, item["qos"], item["retain"],
-                     tuple(item.get("sub_ids") or ()), None])
-            session.store_seq = len(session.queue)
             if left is not None:
                 session.expiry_timer = self.reactor.callLater(
                     left, self.expire_session, session)
             count += 1
+
+        def make_message(publish, expiry_at, sender):
+            props = publish.properties or None
+            return Message(publish.topic, publish.payload, publish.qos,
+                           publish.retain, props, sender, now,
+                           self._local_expiry(expiry_at, now, wall))
+
+        items, waiting = self.journal.recover(make_message)
+        for item in items.pop(DELAYED_CLIENT, ()):
+            msg = item.message
+            self._schedule_delayed(
+                max(0, item.due - wall), msg.topic, msg.payload, msg.qos,
+                msg.retain, msg.properties, msg.sender, msg)
+        queued = 0
+        for client_id, held in items.items():
+            session = self.sessions.get(client_id)
+            if session is None or not session.persistent:
+                self.journal.clear(Session(client_id), [i.jid for i in held])
+                continue
+            session.journaled = True
+            for item in held:
+                if item.packet_id is not None:
+                    session.inflight[item.packet_id] = [
+                        item.message, item.qos, item.retain, item.sub_ids, 1,
+                        None]
+                else:
+                    if not session.queue:
+                        session.queue = deque()
+                    session.queue.append([item.message, item.qos, item.retain,
+                                          item.sub_ids, None])
+                queued += 1
+        for client_id, held in waiting.items():
+            session = self.sessions.get(client_id)
+            if session is None or not session.persistent:
+                self.journal.clear(Session(client_id), list(held.values()))
+                continue
+            session.journaled = True
+            session.awaiting_rel.update(held)
         if count or len(self.retained):
             self.log.info(
-                "mqtt: restored {sessions} sessions and {retained} retained "
-                "messages", sessions=count, retained=len(self.retained))
+                "mqtt: restored {sessions} sessions with {queued} messages "
+                "and {retained} retained messages", sessions=count,
+                queued=queued, retained=len(self.retained))
 
     @staticmethod
     def _local_expiry(expiry_at, now, wall):
@@ -397,10 +439,15 @@ class Broker:
         else:
             was_persistent = session.persistent
             session.expiry = expiry
-            if was_persistent:
-                self.store.clear_queue(client_id)
             if not session.persistent and was_persistent:
                 self.store.delete_session(client_id)
+            if not session.persistent and session.journaled:
+                self.journal.clear(session, self.journal_ids(session))
+                session.journaled = False
+                for packet_id in session.awaiting_rel:
+                    session.awaiting_rel[packet_id] = None
+            elif session.persistent and not was_persistent:
+                self._journal_all(session)
         session.conn = conn
         session.level = conn.level
         session.disconnected_at = None
@@ -421,7 +468,37 @@ class Broker:
                 if not conn.send_publish(msg, qos, retain, sub_ids, packet_id,
                                          True):
                     del session.inflight[packet_id]
+                    if session.journaled:
+                        self.journal.done(session, msg)
         self.pump(session)
+
+    def journal_ids(self, session):
+        """
+        The journal ids of what C{session} holds.
+        """
+        jids = {entry[0].jid for entry in session.queue}
+        jids.update(entry[0].jid for entry in session.inflight.values())
+        jids.update(session.awaiting_rel.values())
+        jids.discard(None)
+        return jids
+
+    def _journal_all(self, session):
+        """
+        C{session} became persistent: write what it holds.
+        """
+        journal = self.journal
+        if not journal.enabled:
+            return
+        session.journaled = True
+        for entry in session.queue:
+            journal.add(session, entry[0], entry[1], entry[2], entry[3])
+        for packet_id, entry in session.inflight.items():
+            journal.add(session, entry[0], entry[1], entry[2], entry[3])
+            if entry[4]:
+                journal.pubrec(session, entry[0], packet_id)
+        for packet_id in session.awaiting_rel:
+            session.awaiting_rel[packet_id] = journal.wait_rel(
+                session, packet_id)
 
     def close_session(self, session, will, normal):
         """
@@ -448,22 +525,9 @@ class Broker:
             return
         self._redispatch_shared(session)
         self.store.save_session(session.client_id, session.record())
-        self.store.clear_queue(session.client_id)
-        session.store_seq = 0
-        for msg, qos, retain, sub_ids, state, group in session.inflight.values():
-            if not state:
-                self._store_queued(session, msg, qos, retain, sub_ids)
-        for msg, qos, retain, sub_ids, group in session.queue:
-            self._store_queued(session, msg, qos, retain, sub_ids)
         if session.expiry != NEVER_EXPIRES:
             session.expiry_timer = self.reactor.callLater(
                 session.expiry, self.expire_session, session)
-
-    def _store_queued(self, session, msg, qos, retain, sub_ids):
-        session.store_seq += 1
-        record = message_record(msg, qos, retain, sub_ids)
-        record["expiry_at"] = self._wall_expiry(msg)
-        self.store.queue_message(session.client_id, session.store_seq, record)
 
     def _will_due(self, session):
         session.will_timer = None
@@ -504,8 +568,12 @@ class Broker:
         for topic_filter in list(session.subs):
             self.unsubscribe(session, topic_filter, save=False)
         self._redispatch_shared(session)
+        if session.journaled:
+            self.journal.clear(session, self.journal_ids(session))
+            session.journaled = False
         session.inflight.clear()
-        session.queue.clear()
+        session.queue = _NO_QUEUE
+        session.awaiting_rel.clear()
         self.store.delete_session(session.client_id)
 
     def _redispatch_shared(self, session):
@@ -527,6 +595,9 @@ class Broker:
         if not moved:
             return
         session.queue = keep
+        if session.journaled:
+            for group, msg, qos in moved:
+                self.journal.done(session, msg)
         for group, msg, qos in moved:
             member = self._pick_member(group, msg, exclude=session)
             if member is not None:
@@ -544,16 +615,47 @@ class Broker:
 
         @return: C{True} when it is new.
         """
+        sub, existed = self.add_subscription(
+            session, topic_filter, qos, no_local, retain_as_published,
+            retain_handling, sub_id)
+        self.save_session(session)
+        self.retained_on_subscribe(sub, existed)
+        return not existed
+
+    def add_subscription(self, session, topic_filter, qos, no_local=False,
+                         retain_as_published=False, retain_handling=0,
+                         sub_id=None):
+        """
+        Add or replace a subscription (not saved yet, no retained message
+        sent yet).
+
+        @return: C{(sub, existed)}.
+        """
         existed = topic_filter in session.subs
         self._add_sub(session, topic_filter, qos, no_local,
                       retain_as_published, retain_handling, sub_id)
-        if session.persistent:
-            self.store.save_session(session.client_id, session.record())
-        sub = session.subs[topic_filter]
+        return session.subs[topic_filter], existed
+
+    def save_session(self, session):
+        """
+        Store a persistent session's subscriptions and expiry.
+
+        @return: a Deferred firing once stored, or L{None} when nothing
+            is stored (not persistent, or no durable store).
+        """
+        if not session.persistent:
+            return None
+        return self.store.save_session(session.client_id, session.record())
+
+    def retained_on_subscribe(self, sub, existed):
+        """
+        Send the retained messages the retain handling of a new or
+        replaced subscription asks for.
+        """
+        handling = sub.retain_handling
         if sub.group is None and (
-                retain_handling == 0 or (retain_handling == 1 and not existed)):
+                handling == 0 or (handling == 1 and not existed)):
             self.send_retained(sub)
-        return not existed
 
     def _add_sub(self, session, topic_filter, qos, no_local, rap, rh, sub_id):
         self._routes.clear()
@@ -754,19 +856,27 @@ class Broker:
         packet_id = session.packet_id()
         if conn.send_publish(msg, qos, retain, sub_ids, packet_id):
             session.inflight[packet_id] = [msg, qos, retain, sub_ids, 0, group]
+            if session.persistent and self.journal.enabled:
+                session.journaled = True
+                self.journal.add(session, msg, qos, retain, sub_ids)
 
     def _enqueue(self, session, entry):
         queue = session.queue
+        if queue is _NO_QUEUE:
+            queue = session.queue = deque()
         limit = self.max_queued
         if limit and len(queue) >= limit:
             if not self.drop_oldest:
                 self.drop_queue_full.inc()
                 return
-            queue.popleft()
+            old = queue.popleft()
             self.drop_queue_full.inc()
+            if session.journaled:
+                self.journal.done(session, old[0])
         queue.append(entry)
-        if session.conn is None:
-            self._store_queued(session, entry[0], entry[1], entry[2], entry[3])
+        if session.persistent and self.journal.enabled:
+            session.journaled = True
+            self.journal.add(session, entry[0], entry[1], entry[2], entry[3])
 
     def pump(self, session):
         """
@@ -786,6 +896,8 @@ class Broker:
                     now = self.reactor.seconds()
                 if msg.expiry_at <= now:
                     self.drop_expired.inc()
+                    if session.journaled:
+                        self.journal.done(session, msg)
                     continue
             if not qos:
                 conn.send_publish(msg, 0, retain, sub_ids, 0)
@@ -793,6 +905,8 @@ class Broker:
             packet_id = session.packet_id()
             if conn.send_publish(msg, qos, retain, sub_ids, packet_id):
                 inflight[packet_id] = [msg, qos, retain, sub_ids, 0, group]
+            elif session.journaled:
+                self.journal.done(session, msg)
 
     def acknowledged(self, session, packet_id):
         """
@@ -801,6 +915,8 @@ class Broker:
         @return: C{True} when it was in flight.
         """
         entry = session.inflight.pop(packet_id, None)
+        if entry is not None and session.journaled:
+            self.journal.done(session, entry[0])
         if session.queue:
             self.pump(session)
         return entry is not None
@@ -816,10 +932,14 @@ class Broker:
             return False
         if failed:
             del session.inflight[packet_id]
+            if session.journaled:
+                self.journal.done(session, entry[0])
             if session.queue:
                 self.pump(session)
         else:
             entry[4] = 1
+            if session.journaled:
+                self.journal.pubrec(session, entry[0], packet_id)
         return True
 
     # -- delayed publish and $SYS ------------------------------------------
@@ -836,16 +956,28 @@ class Broker:
         if len(self.delayed) >= self.config.max_delayed_messages:
             self.drop_delayed.inc()
             return 0
+        msg = None
+        if self.journal.enabled:
+            msg = Message(real, payload, qos, retain, properties, sender,
+                          self.reactor.seconds())
+            self.journal.delayed(msg, time.time() + delay)
+        self._schedule_delayed(delay, real, payload, qos, retain, properties,
+                               sender, msg)
+        return 1
+
+    def _schedule_delayed(self, delay, topic, payload, qos, retain,
+                          properties, sender, msg=None):
         self._delayed_ids += 1
         key = self._delayed_ids
 
         def due():
             del self.delayed[key]
+            if msg is not None:
+                self.journal.delayed_done(msg)
             self.messages_received -= 1
-            self.publish(real, payload, qos, retain, properties, sender)
+            self.publish(topic, payload, qos, retain, properties, sender)
 
         self.delayed[key] = self.reactor.callLater(delay, due)
-        return 1
 
     def sys_values(self):
         """

@@ -19,6 +19,8 @@ for each AUTH; reason code 0x00 accepts, 0x18 continues the exchange (the
 data goes to the client in an AUTH packet), any code from 0x80 refuses.
 """
 
+from collections import deque
+
 from twisted.logger import Logger
 
 from robustmq.mqtt.broker import forwarded_properties
@@ -33,6 +35,17 @@ from robustmq.network.protocol import FramedProtocol
 
 _PINGRESP = b"\xd0\x00"
 _ACL_CACHE = 1000
+
+
+def _is_utf8(payload):
+    """
+    Whether C{payload} is well-formed UTF-8 (Payload Format Indicator 1).
+    """
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _peek_level(buf, start, end):
@@ -76,6 +89,14 @@ class MqttProtocol(FramedProtocol):
     alias_out_max = 0
     problem_info = True
     auth_method = None
+    held_acks = 0
+    alias_in = None
+    alias_out = None
+    username = None
+    _rate = 0
+    _acl_publish = None
+    _throttled = None
+    _drain_call = None
     _connect_level = None
     _abort_call = None
     _auth_state = None
@@ -89,9 +110,9 @@ class MqttProtocol(FramedProtocol):
         self.pconfig = factory.protocol_config
         self.max_frame_bytes = min(self.max_frame_bytes,
                                    self.pconfig.max_packet_size)
-        self.alias_in = {}
-        self.alias_out = {}
-        self._acl_publish = {}
+        rate = self.pconfig.publish_rate_per_client
+        if rate:
+            self._rate = rate
 
     # -- framing -------------------------------------------------------------
 
@@ -99,6 +120,51 @@ class MqttProtocol(FramedProtocol):
         return packet_length(buf, offset)
 
     def frame_received(self, buf, start, end):
+        if self._throttled is not None:
+            self._throttled.append(bytes(buf[start:end]))
+            return
+        if (self._rate and buf[start] >> 4 == PUBLISH and self.accepted
+                and not self._rate_token()):
+            # Over its publish rate: this packet and every one after it
+            # wait (in order) while reading from the client is paused.
+            self._throttled = deque([bytes(buf[start:end])])
+            self.pause_reading("rate")
+            self._schedule_drain()
+            return
+        self.packet_received(buf, start, end)
+
+    def _rate_token(self):
+        return self.factory.params.rate_limiter.try_acquire(
+            ("mqtt_publish", self.client_id), 1.0, self._rate,
+            self.pconfig.publish_burst_per_client)
+
+    def _schedule_drain(self):
+        delay = self.factory.params.rate_limiter.delay_for(
+            ("mqtt_publish", self.client_id), 1.0, self._rate,
+            self.pconfig.publish_burst_per_client)
+        self._drain_call = self.reactor.callLater(delay, self._drain)
+
+    def _drain(self):
+        self._drain_call = None
+        waiting = self._throttled
+        while waiting and not self.closing:
+            frame = waiting[0]
+            if frame[0] >> 4 == PUBLISH and not self._rate_token():
+                self._schedule_drain()
+                return
+            waiting.popleft()
+            try:
+                self.packet_received(frame, 0, len(frame))
+            except Exception as e:
+                self.frame_error(e)
+                return
+        self._throttled = None
+        self.resume_reading("rate")
+
+    def packet_received(self, buf, start, end):
+        """
+        Decode and handle one packet.
+        """
         kind = buf[start] >> 4
         if self.accepted:
             if kind == CONNECT:
@@ -163,7 +229,9 @@ class MqttProtocol(FramedProtocol):
     # -- CONNECT -------------------------------------------------------------
 
     def handle_connect(self, p):
-        self.level = level = p.protocol_level
+        level = p.protocol_level
+        if level != self.level:
+            self.level = level
         props = p.properties
         method = props.get("authentication_method") if props else None
         if method is not None:
@@ -197,12 +265,14 @@ class MqttProtocol(FramedProtocol):
         self._auth_success = out
         self.accept(p)
 
-    def refuse(self, code_v5, code_v3, why):
+    def refuse(self, code_v5, code_v3, why, props=None):
         self.log.info("mqtt {peer}: connection refused: {why}",
                       peer=self.peer, why=why)
         if self.level == MQTT_5:
-            props = {"reason_string": why} if self.problem_info else None
-            self.send(Connack(False, code_v5, props or {}).encode(MQTT_5))
+            props = dict(props or {})
+            if self.problem_info:
+                props["reason_string"] = why
+            self.send(Connack(False, code_v5, props).encode(MQTT_5))
         else:
             self.send(Connack(False, code_v3).encode(self.level))
         self.close_after_write()
@@ -214,14 +284,23 @@ class MqttProtocol(FramedProtocol):
         props = p.properties
         client_id = p.client_id
         assigned = None
+        if level == MQTT_5 and props.get("request_problem_information") == 0:
+            self.problem_info = False
+        if config.server_reference:
+            return self.refuse(
+                0x9D if config.server_moved else 0x9C, 0x03,
+                "use another server", self.server_reference())
+        will = p.will
+        if (level == MQTT_5 and will is not None and will.properties
+                and will.properties.get("payload_format_indicator") == 1
+                and not _is_utf8(will.payload)):
+            return self.refuse(0x99, 0x05, "will payload is not UTF-8")
         if not client_id:
             if level != MQTT_5 and (level == 3 or not p.clean_start):
                 return self.refuse(0x85, 0x02, "empty client identifier")
             client_id = assigned = broker.assign_client_id()
         ack = {}
         if level == MQTT_5:
-            if props.get("request_problem_information") == 0:
-                self.problem_info = False
             expiry = props.get("session_expiry_interval", 0)
             if expiry > config.max_session_expiry_s:
                 expiry = config.max_session_expiry_s
@@ -232,6 +311,8 @@ class MqttProtocol(FramedProtocol):
             if size is not None:
                 self.max_out_size = size
             self.alias_out_max = props.get("topic_alias_maximum", 0)
+            if self.alias_out_max:
+                self.alias_out = {}
             self.plain = not self.alias_out_max and self.max_out_size is None
             if assigned is not None:
                 ack["assigned_client_identifier"] = assigned
@@ -261,12 +342,17 @@ class MqttProtocol(FramedProtocol):
         self.send_quota = min(self.send_quota, 65535)
         keep_alive = config.server_keep_alive or p.keep_alive
         self.set_idle_timeout(keep_alive * 1.5 if keep_alive else 0)
-        self.will = p.will
+        # (Attributes that keep their class default are not set: an idle
+        # connection's instance dict stays small.)
+        if p.will is not None:
+            self.will = p.will
         self.client_id = client_id
-        self.username = p.username
+        if p.username is not None:
+            self.username = p.username
         self.info.client_id = client_id
         self.info.user = p.username
-        self._pending_connect = None
+        if self._pending_connect is not None:
+            self._pending_connect = None
         self.accepted = True
         session, present = broker.open_session(self, client_id, p.clean_start,
                                                expiry)
@@ -307,6 +393,8 @@ class MqttProtocol(FramedProtocol):
                 if alias > self.pconfig.topic_alias_maximum:
                     raise MqttError("topic alias %d over the maximum" % alias,
                                     0x94)
+                if self.alias_in is None:
+                    self.alias_in = {}
                 if topic:
                     self.alias_in[alias] = topic
                 else:
@@ -317,6 +405,12 @@ class MqttProtocol(FramedProtocol):
             if "subscription_identifier" in props:
                 raise MqttError("subscription identifier in a PUBLISH from "
                                 "a client [MQTT-3.3.4-6]", 0x82)
+            if (props.get("payload_format_indicator") == 1
+                    and not _is_utf8(p.payload)):
+                if not qos:
+                    raise MqttError("payload is not UTF-8", 0x99)
+                self.send_ack(0x40 if qos == 1 else 0x50, p.packet_id, 0x99)
+                return
             props = forwarded_properties(props)
         if qos > self.broker.max_qos:
             raise MqttError("QoS %d over the maximum" % qos, 0x9B)
@@ -325,7 +419,8 @@ class MqttProtocol(FramedProtocol):
             if level == MQTT_5:
                 raise MqttError("retain not supported", 0x9A)
             retain = False
-        allowed = self._acl_publish.get(topic)
+        cache = self._acl_publish
+        allowed = cache.get(topic) if cache is not None else None
         if allowed is None:
             allowed = self.publish_allowed(topic)
         if not allowed:
@@ -343,19 +438,35 @@ class MqttProtocol(FramedProtocol):
                 return
             if len(awaiting) >= self.pconfig.receive_maximum:
                 raise MqttError("receive maximum exceeded", 0x93)
-        rate = self.pconfig.publish_rate_per_client
-        if rate:
-            self.throttle(rate)
-        count = self.broker.publish(topic, p.payload, qos, retain, props,
-                                    self.client_id, self.session)
+        broker = self.broker
+        journal = broker.journal
+        events = journal.events
+        count = broker.publish(topic, p.payload, qos, retain, props,
+                               self.client_id, self.session)
+        if not qos:
+            return
         if qos == 1:
             if count or level != MQTT_5:
-                self.send(b"\x40\x02" + pack_u16(p.packet_id))
+                ack = b"\x40\x02" + pack_u16(p.packet_id)
             else:
-                self.send_ack(0x40, p.packet_id, 0x10)
-        elif qos == 2:
-            self.session.awaiting_rel.add(p.packet_id)
-            self.send_ack(0x50, p.packet_id, 0 if count else 0x10)
+                ack = b"\x40\x03" + pack_u16(p.packet_id) + b"\x10"
+        else:
+            session = self.session
+            jid = None
+            if session.persistent and journal.enabled:
+                session.journaled = True
+                jid = journal.wait_rel(session, p.packet_id)
+            session.awaiting_rel[p.packet_id] = jid
+            if count or level != MQTT_5:
+                ack = b"\x50\x02" + pack_u16(p.packet_id)
+            else:
+                ack = b"\x50\x03" + pack_u16(p.packet_id) + b"\x10"
+        # Acknowledged means stored: the ack waits for the journal when
+        # this message (or an earlier one of this client) went into it.
+        if journal.events != events or self.held_acks:
+            journal.hold(self, ack)
+        else:
+            self.send(ack)
 
     def publish_allowed(self, topic):
         if topic[:5] == "$SYS/" or topic == "$SYS":
@@ -365,19 +476,12 @@ class MqttProtocol(FramedProtocol):
                 "publish", topic, self.username, self.client_id,
                 self.peer_host)
         cache = self._acl_publish
-        if len(cache) >= _ACL_CACHE:
+        if cache is None:
+            cache = self._acl_publish = {}
+        elif len(cache) >= _ACL_CACHE:
             cache.clear()
         cache[topic] = allowed
         return allowed
-
-    def throttle(self, rate):
-        limiter = self.factory.params.rate_limiter
-        key = ("mqtt_publish", self.client_id)
-        burst = self.pconfig.publish_burst_per_client
-        if not limiter.try_acquire(key, 1.0, rate, burst):
-            delay = limiter.delay_for(key, 1.0, rate, burst)
-            self.pause_reading("rate")
-            self.reactor.callLater(delay, self.resume_reading, "rate")
 
     def send_ack(self, first, packet_id, code):
         if code and self.level == MQTT_5:
@@ -479,7 +583,9 @@ class MqttProtocol(FramedProtocol):
     def handle_pubrel(self, p):
         awaiting = self.session.awaiting_rel
         if p.packet_id in awaiting:
-            awaiting.discard(p.packet_id)
+            jid = awaiting.pop(p.packet_id)
+            if jid is not None:
+                self.broker.journal.released(self.session, jid)
             self.send(b"\x70\x02" + pack_u16(p.packet_id))
         else:
             self.send_ack(0x70, p.packet_id, 0x92)
@@ -527,11 +633,33 @@ class MqttProtocol(FramedProtocol):
                 qos = min(s.qos, broker.max_qos)
                 codes.append(qos)
                 accepted.append((s, qos))
-        self.send(Suback(p.packet_id, codes).encode(level))
         session = self.session
-        for s, qos in accepted:
-            broker.subscribe(session, s.topic_filter, qos, s.no_local,
-                             s.retain_as_published, s.retain_handling, sub_id)
+        added = [broker.add_subscription(
+            session, s.topic_filter, qos, s.no_local, s.retain_as_published,
+            s.retain_handling, sub_id) for s, qos in accepted]
+        suback = Suback(p.packet_id, codes).encode(level)
+        saved = broker.save_session(session) if added else None
+        if saved is None:
+            self.send(suback)
+            for sub, existed in added:
+                broker.retained_on_subscribe(sub, existed)
+            return
+
+        # A persistent session: SUBACK once the subscription is stored.
+        def stored(result):
+            if self.session is session and not self.closing:
+                self.send(suback)
+                for sub, existed in added:
+                    broker.retained_on_subscribe(sub, existed)
+            return None
+
+        def failed(failure):
+            self.log.failure("mqtt {client_id}: subscription not stored",
+                             failure, client_id=self.client_id)
+            if not self.closing:
+                self.abort_connection("subscription not stored")
+
+        saved.addCallbacks(stored, failed)
 
     def handle_unsubscribe(self, p):
         codes = []
@@ -616,14 +744,30 @@ class MqttProtocol(FramedProtocol):
         if self.closing:
             return
         if self.accepted and self.level == MQTT_5:
-            self.send(Disconnect(0x8B).encode(MQTT_5))
+            if self.pconfig.server_reference:
+                self.send(Disconnect(
+                    0x9D if self.pconfig.server_moved else 0x9C,
+                    self.server_reference()).encode(MQTT_5))
+            else:
+                self.send(Disconnect(0x8B).encode(MQTT_5))
         self.close_after_write()
+
+    def server_reference(self):
+        """
+        The Server Reference property of the configured other server.
+        """
+        return {"server_reference": self.pconfig.server_reference}
 
     def connection_closed(self, reason):
         call = self._abort_call
         if call is not None and call.active():
             call.cancel()
         self._abort_call = None
+        call = self._drain_call
+        if call is not None and call.active():
+            call.cancel()
+        self._drain_call = None
+        self._throttled = None
         session = self.session
         if session is None:
             return

@@ -1,26 +1,27 @@
 # -*- test-case-name: tests.test_mqtt_persistence -*-
 """
 Where the MQTT broker keeps what must survive a restart: persistent
-sessions (their subscriptions and expiry), the QoS 1 and 2 messages queued
-for them while they are offline, and retained messages.
+sessions (their subscriptions and expiry) and retained messages. The
+messages queued for or in flight to persistent sessions are in the session
+journal (L{robustmq.mqtt.journal}).
 
 L{MemoryStore} keeps nothing (the broker's own memory is the store);
 L{MetaSessionStore} writes through the shared L{robustmq.interfaces.IMetaStore}.
 Values are JSON-able with L{bytes}, as the meta store wants them.
 """
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 #: Meta store namespaces.
 SESSIONS = "mqtt_sessions"
-QUEUES = "mqtt_queues"
 RETAINED = "retained"
 
 
 def message_record(msg, qos, retain, sub_ids):
     """
-    The stored form of one queued message.
+    The stored form of one (retained) message.
     """
     props = dict(msg.properties) if msg.properties else {}
     if "user_property" in props:
@@ -59,22 +60,13 @@ class MemoryStore:
     def load_sessions(self):
         return []
 
-    def load_queue(self, client_id):
-        return []
-
     def load_retained(self):
         return []
 
     def save_session(self, client_id, record):
-        pass
+        return None
 
     def delete_session(self, client_id):
-        pass
-
-    def queue_message(self, client_id, seq, record):
-        pass
-
-    def clear_queue(self, client_id):
         pass
 
     def save_retained(self, topic, record):
@@ -91,9 +83,7 @@ class MetaSessionStore:
     """
     Sessions, offline queues and retained messages in the meta store.
 
-    Keys: C{mqtt_sessions/<client id>}, C{mqtt_queues/<client id>\\x00<seq>}
-    (the sequence number zero-padded so keys sort in queue order) and
-    C{retained/<topic>}.
+    Keys: C{mqtt_sessions/<client id>} and C{retained/<topic>}.
     """
 
     log = Logger()
@@ -112,25 +102,29 @@ class MetaSessionStore:
     def load_sessions(self):
         return self.meta.items(SESSIONS)
 
-    def load_queue(self, client_id):
-        return [value for key, value in self.meta.items(QUEUES, client_id + "\x00")]
-
     def load_retained(self):
         return self.meta.items(RETAINED)
 
     def save_session(self, client_id, record):
-        self._track(self.meta.put(SESSIONS, client_id, record))
+        """
+        @return: a Deferred firing once it is committed.
+        """
+        d = self.meta.put(SESSIONS, client_id, record)
+        done = Deferred()
+
+        def report(result):
+            if isinstance(result, Failure):
+                done.errback(result)
+            else:
+                done.callback(None)
+            return result
+
+        d.addBoth(report)
+        self._track(d)
+        return done
 
     def delete_session(self, client_id):
         self._track(self.meta.delete(SESSIONS, client_id))
-        self.clear_queue(client_id)
-
-    def queue_message(self, client_id, seq, record):
-        self._track(self.meta.put(QUEUES, "%s\x00%016d" % (client_id, seq), record))
-
-    def clear_queue(self, client_id):
-        if self.meta.items(QUEUES, client_id + "\x00"):
-            self._track(self.meta.delete_prefix(QUEUES, client_id + "\x00"))
 
     def save_retained(self, topic, record):
         self._track(self.meta.put(RETAINED, topic, record))
