@@ -12,6 +12,7 @@ from twisted.python.components import Componentized
 from robustmq.config import ConfigError, load_config
 from robustmq.logs import observer_factory
 from robustmq.network.service import ListenError
+from robustmq.security import PasswordFileError, parse_password_file
 from robustmq.server import BrokerServer
 from robustmq.storage.errors import StorageError
 
@@ -35,12 +36,33 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self.broker_config = load_config(self["config"])
+            check_password_file(self.broker_config.security)
         except ConfigError as e:
             for line in e.problems:
                 sys.stderr.write(line + "\n")
             sys.stderr.flush()
             raise SystemExit(2)
         self.twistd_options = getattr(self, "parent", None) or {}
+
+
+def check_password_file(security):
+    """
+    Parse the password file now, so a bad line is a config error.
+
+    @raise ConfigError: naming each bad line.
+    """
+    if not security.password_file:
+        return
+    try:
+        with open(security.password_file, encoding="utf-8") as f:
+            parse_password_file(f.read(), security.password_file)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(["config error: security.password_file: cannot read: {}".format(e)])
+    except PasswordFileError as e:
+        raise ConfigError([
+            "config error: security.password_file: " + problem
+            for problem in str(e).split("; ")
+        ])
 
 
 class TwistdBrokerServer(BrokerServer):

@@ -147,6 +147,23 @@ listeners = ["tcp:0", "nonsense:1"]
         self.assertNotIn(b"listening on", proto.out)
 
     @inlineCallbacks
+    def test_bad_password_file(self):
+        """
+        A password file with a malformed line is a config error naming it.
+        """
+        users = os.path.abspath(self.mktemp())
+        with open(users, "w") as f:
+            f.write("alice:not-a-hash\n")
+        path = write_config(self, '[security]\npassword_file = "{}"\n'.format(users))
+        proto, _, _ = spawn_twistd(self, "--config", path)
+        status = yield proto.ended
+        err = proto.err.decode()
+        self.assertEqual(status, 2, err)
+        self.assertEqual(
+            err.strip(), "config error: security.password_file: {}:1: not 'user:$7$...',"
+            " 'user:$6$...' or 'user:$scram-sha-256$...'".format(users))
+
+    @inlineCallbacks
     def test_missing_config_file(self):
         proto, _, _ = spawn_twistd(self, "--config", "/nonexistent/robustmq.toml")
         status = yield proto.ended
