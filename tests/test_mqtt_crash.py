@@ -7,13 +7,14 @@ persistent sessions get every acknowledged message.
 """
 
 import os
+import queue
 import re
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.test_mqtt_integration import PahoClient, paho
+from tests.test_mqtt_integration import WAIT, PahoClient, paho
 from tests.test_tap import LOCAL, spawn_twistd, write_config
 
 if paho is not None:
@@ -144,5 +145,66 @@ class SigkillTests(TestCase):
         self.assertEqual(sorted(m.payload for m in got3), expected)
         self.assertTrue(extra)
         self.assertIn("restored 2 sessions", proto.out.decode())
+        transport.signalProcess("TERM")
+        yield proto.ended
+
+    @inlineCallbacks
+    def test_qos2_without_pubrec_once(self):
+        """
+        A QoS 2 PUBLISH a paho subscriber received but had not answered
+        with PUBREC when the broker was killed is sent again after the
+        restart with DUP and its original packet id, so the client, which
+        kept it waiting under that id, delivers it exactly once.
+        """
+        proto, transport, port = yield self.start()
+        sub = PahoClient(port, "tcp", "exactly-once", clean=False)
+        pub = PahoClient(port, "tcp", "pub")
+        held = queue.Queue()
+
+        def before():
+            sub.connect()
+            sub.subscribe("once/#", 2)
+            pub.connect()
+            # A first message completes, so the next packet id is not 1
+            # (what a restarted broker would pick first).
+            pub.publish("once/0", b"first", 2)
+            first = sub.receive(1)
+            # The next PUBLISH is received and held without PUBREC.
+            sub.client._send_pubrec = lambda mid, *a: held.put(mid) or 0
+            pub.publish("once/1", b"second", 2)
+            mid = held.get(timeout=WAIT)
+            sub.client.loop_stop()
+            pub.disconnect()
+            return first, mid
+
+        first, mid = yield deferToThread(before)
+        self.assertEqual([m.payload for m in first], [b"first"])
+        self.assertNotEqual(mid, 1)
+        transport.signalProcess("KILL")
+        status = yield proto.ended
+        self.assertEqual(status, -9)
+        sock = sub.client.socket()
+        if sock is not None:
+            sock.close()
+
+        proto, transport, port = yield self.start()
+        # The same client object, with the message it holds, comes back.
+        del sub.client._send_pubrec
+        sub.port = port.port(None)
+
+        def after():
+            code, present = sub.connect()
+            got = sub.receive(1)
+            extra = sub.nothing(0.5)
+            left = dict(sub.client._in_messages)
+            sub.disconnect()
+            return present, got, extra, left
+
+        present, got, extra, left = yield deferToThread(after)
+        self.assertTrue(present)
+        self.assertEqual([(m.payload, m.mid, m.dup) for m in got],
+                         [(b"second", mid, True)])
+        self.assertTrue(extra)
+        self.assertEqual(left, {})
         transport.signalProcess("TERM")
         yield proto.ended

@@ -260,6 +260,55 @@ class JournalTests(SynchronousTestCase):
         node.turn()
         self.assertEqual(h2.broker.journal.live, {})
 
+    def test_unacknowledged_keep_packet_id(self):
+        """
+        Outgoing QoS 1 and 2 messages sent without PUBACK or PUBREC yet
+        (sent at once, or taken from the queue later) are, after a
+        restart, sent again with DUP and the packet id they had.
+        """
+        node = Node()
+        h = node.broker(protocol={"max_inflight": 2})
+        s = self.subscriber(node, h, "s", qos=2)
+        p = h.client(4)
+        p.connect("p")
+        p.send(Publish("t/0", b"acked", 1, packet_id=1))
+        node.turn()
+        (first,) = s.received()
+        s.send(Puback(first.packet_id))
+        node.turn()
+        p.send(Publish("t/1", b"two", 2, packet_id=2),
+               Publish("t/2", b"one", 1, packet_id=3),
+               Publish("t/3", b"queued", 1, packet_id=4))
+        node.turn()
+        two, one = s.received()
+        self.assertEqual((two.qos, one.qos), (2, 1))
+        # The queued one goes out in a later turn, from the queue.
+        s.send(Puback(one.packet_id))
+        node.turn()
+        (queued,) = s.received()
+        self.assertEqual(queued.payload, b"queued")
+        node.turn()
+        sent = {two.packet_id: b"two", queued.packet_id: b"queued"}
+        self.assertNotIn(1, sent)
+
+        h2 = node.broker(protocol={"max_inflight": 2})
+        c = h2.client(5)
+        packets = c.connect("s", clean_start=False, properties=PERSISTENT)
+        again = packets[1:]
+        self.assertEqual({m.packet_id: m.payload for m in again}, sent)
+        self.assertEqual([m.dup for m in again], [True, True])
+        self.assertEqual(sorted(m.qos for m in again), [1, 2])
+        c.send(Pubrec(two.packet_id))
+        self.assertEqual(c.received(), [Pubrel(two.packet_id)])
+        c.send(Pubcomp(two.packet_id), Puback(queued.packet_id))
+        node.turn()
+        self.assertEqual(h2.broker.journal.live, {})
+
+        h3 = node.broker()
+        c = h3.client(5)
+        packets = c.connect("s", clean_start=False, properties=PERSISTENT)
+        self.assertEqual(packets[1:], [])
+
     def test_session_end_clears(self):
         """
         A persistent session replaced by a clean one leaves nothing in the
@@ -391,11 +440,12 @@ class JournalTests(SynchronousTestCase):
 
 def _state(session):
     """
-    What a session holds: C{(payload, waiting for PUBCOMP)} sorted.
+    What a session holds: C{(payload, waiting for PUBCOMP, packet id)}
+    sorted (packet id 0: queued).
     """
-    held = [(entry[0].payload, False) for entry in session.queue]
-    held += [(entry[0].payload, bool(entry[4]))
-             for entry in session.inflight.values()]
+    held = [(entry[0].payload, False, 0) for entry in session.queue]
+    held += [(entry[0].payload, bool(entry[4]), packet_id)
+             for packet_id, entry in session.inflight.items()]
     return sorted(held)
 
 

@@ -365,11 +365,15 @@ class Broker:
                 self.journal.clear(Session(client_id), [i.jid for i in held])
                 continue
             session.journaled = True
+            inflight = session.inflight
             for item in held:
-                if item.packet_id is not None:
-                    session.inflight[item.packet_id] = [
-                        item.message, item.qos, item.retain, item.sub_ids, 1,
-                        None]
+                # In flight when the broker stopped: sent again (or
+                # released) with the same packet id.
+                if (item.packet_id is not None
+                        and item.packet_id not in inflight):
+                    inflight[item.packet_id] = [
+                        item.message, item.qos, item.retain, item.sub_ids,
+                        item.state, None]
                 else:
                     if not session.queue:
                         session.queue = deque()
@@ -493,7 +497,8 @@ class Broker:
         for entry in session.queue:
             journal.add(session, entry[0], entry[1], entry[2], entry[3])
         for packet_id, entry in session.inflight.items():
-            journal.add(session, entry[0], entry[1], entry[2], entry[3])
+            journal.add(session, entry[0], entry[1], entry[2], entry[3],
+                        packet_id)
             if entry[4]:
                 journal.pubrec(session, entry[0], packet_id)
         for packet_id in session.awaiting_rel:
@@ -858,7 +863,8 @@ class Broker:
             session.inflight[packet_id] = [msg, qos, retain, sub_ids, 0, group]
             if session.persistent and self.journal.enabled:
                 session.journaled = True
-                self.journal.add(session, msg, qos, retain, sub_ids)
+                self.journal.add(session, msg, qos, retain, sub_ids,
+                                 packet_id)
 
     def _enqueue(self, session, entry):
         queue = session.queue
@@ -905,6 +911,8 @@ class Broker:
             packet_id = session.packet_id()
             if conn.send_publish(msg, qos, retain, sub_ids, packet_id):
                 inflight[packet_id] = [msg, qos, retain, sub_ids, 0, group]
+                if session.journaled:
+                    self.journal.sent(session, msg, packet_id)
             elif session.journaled:
                 self.journal.done(session, msg)
 

@@ -19,9 +19,10 @@ a string is a 2-byte length and UTF-8):
   - 1, a message: id (8), wall-clock expiry (double, NaN: none), due time
     of a delayed publish (double, NaN: not delayed), sender (flag byte and
     string), target count (4) and the targets (client id, qos and retain
-    (1 byte each), subscription id count (2), subscription ids (4 each)), then
-    the message as an MQTT 5 PUBLISH packet; a delayed publish has one
-    target, the client id L{DELAYED_CLIENT};
+    (1 byte each), subscription id count (2), subscription ids (4 each), and
+    when bit 1 of the retain byte is set, the packet id (2) it was sent
+    with), then the message as an MQTT 5 PUBLISH packet; a delayed publish
+    has one target, the client id L{DELAYED_CLIENT};
   - 2, one more target of an earlier message: id (8) and a target;
   - 3, a received QoS 2 PUBLISH waits for PUBREL: id (8), packet id (2),
     client id;
@@ -30,7 +31,10 @@ a string is a 2-byte length and UTF-8):
     and PUBREL is sent again);
   - 5, items done: count (4), then id (8) and client id of each;
   - 6, a session ended (every earlier item of it is done): client id;
-  - 7, ids retired (written again under new ids): count (4), ids (8 each).
+  - 7, ids retired (written again under new ids): count (4), ids (8 each);
+  - 8, an outgoing QoS 1 or 2 message was sent: id (8), packet id (2),
+    client id (after a restart it is sent again with DUP and that packet
+    id, so the client can recognise it).
 
 An item refers only to records before it, so everything before the
 oldest live record can go: the shard is truncated there now and then.
@@ -72,7 +76,10 @@ _U32 = struct.Struct(">I")
 _TARGET = struct.Struct(">BBH")
 _NAN = float("nan")
 
-MESSAGE, TARGET, WAIT, PUBREC, DONE, CLEARED, RETIRED = range(1, 8)
+MESSAGE, TARGET, WAIT, PUBREC, DONE, CLEARED, RETIRED, SENT = range(1, 9)
+
+#: Bit of a target's retain byte: a packet id follows its subscription ids.
+_HAS_PACKET_ID = 2
 
 
 def _pack_str(value):
@@ -86,19 +93,30 @@ def _read_str(buf, pos):
     return bytes(buf[pos:pos + n]).decode("utf-8"), pos + n
 
 
-def _pack_target(client_id, qos, retain, sub_ids):
+def _pack_target(client_id, qos, retain, sub_ids, packet_id):
+    if packet_id:
+        retain |= _HAS_PACKET_ID
     out = _pack_str(client_id) + _TARGET.pack(qos, retain, len(sub_ids))
     if sub_ids:
         out += struct.pack(">%dI" % len(sub_ids), *sub_ids)
+    if packet_id:
+        out += _U16.pack(packet_id)
     return out
 
 
 def _read_target(buf, pos):
     client_id, pos = _read_str(buf, pos)
-    qos, retain, n = _TARGET.unpack_from(buf, pos)
+    qos, flags, n = _TARGET.unpack_from(buf, pos)
     pos += _TARGET.size
-    sub_ids = struct.unpack_from(">%dI" % n, buf, pos) if n else ()
-    return client_id, qos, retain, sub_ids, pos + 4 * n
+    sub_ids = ()
+    if n:
+        sub_ids = struct.unpack_from(">%dI" % n, buf, pos)
+        pos += 4 * n
+    packet_id = None
+    if flags & _HAS_PACKET_ID:
+        packet_id = _U16.unpack_from(buf, pos)[0]
+        pos += 2
+    return client_id, qos, flags & 1, sub_ids, packet_id, pos
 
 
 def _entry(kind, body):
@@ -109,20 +127,24 @@ class RecoveredItem:
     """
     One message of a session, as found in the journal.
 
-    @ivar packet_id: its packet identifier when PUBREC was received for it
-        (it waits for PUBCOMP), else L{None}.
+    @ivar packet_id: the packet identifier it was last sent with, or
+        L{None} when it was never sent (it was queued).
+    @ivar state: 0 while it waits for PUBACK or PUBREC (it is sent again
+        with DUP), 1 once PUBREC was received (it waits for PUBCOMP).
     """
 
     __slots__ = ("jid", "message", "qos", "retain", "sub_ids", "packet_id",
-                 "due")
+                 "state", "due")
 
-    def __init__(self, jid, message, qos, retain, sub_ids, due=None):
+    def __init__(self, jid, message, qos, retain, sub_ids, due=None,
+                 packet_id=None):
         self.jid = jid
         self.message = message
         self.qos = qos
         self.retain = retain
         self.sub_ids = sub_ids
-        self.packet_id = None
+        self.packet_id = packet_id
+        self.state = 0
         self.due = due
 
 
@@ -266,8 +288,9 @@ class Journal:
             pos += 4
             targets = []
             for _ in range(count):
-                client_id, qos, retain, sub_ids, pos = _read_target(body, pos)
-                targets.append((client_id, qos, retain, sub_ids))
+                target = _read_target(body, pos)
+                pos = target[-1]
+                targets.append(target[:-1])
             packet = bytes(body[pos:])
             publish = decode_packet(packet, 0, len(packet), MQTT_5)
             msg = make_message(publish, None if math.isnan(expiry) else expiry,
@@ -276,9 +299,10 @@ class Journal:
             records[jid] = msg
             offsets[jid] = offset
             due = None if math.isnan(due) else due
-            for client_id, qos, retain, sub_ids in targets:
+            for client_id, qos, retain, sub_ids, packet_id in targets:
                 clients.setdefault(client_id, {})[jid] = RecoveredItem(
-                    jid, msg, qos, bool(retain), tuple(sub_ids), due)
+                    jid, msg, qos, bool(retain), tuple(sub_ids), due,
+                    packet_id)
             return jid
         if kind == DONE:
             count = _U32.unpack_from(body, 0)[0]
@@ -296,23 +320,26 @@ class Journal:
                             del wait[packet_id]
         elif kind == TARGET:
             jid = _ID.unpack_from(body, 0)[0]
-            client_id, qos, retain, sub_ids, _ = _read_target(body, 8)
+            client_id, qos, retain, sub_ids, packet_id, _ = _read_target(
+                body, 8)
             msg = records.get(jid)
             if msg is not None:
                 clients.setdefault(client_id, {})[jid] = RecoveredItem(
-                    jid, msg, qos, bool(retain), tuple(sub_ids))
+                    jid, msg, qos, bool(retain), tuple(sub_ids),
+                    packet_id=packet_id)
         elif kind == WAIT:
             jid, packet_id = _ID_PACKET.unpack_from(body, 0)
             client_id, _ = _read_str(body, _ID_PACKET.size)
             waits.setdefault(client_id, {})[packet_id] = jid
             offsets[jid] = offset
             return jid
-        elif kind == PUBREC:
+        elif kind == PUBREC or kind == SENT:
             jid, packet_id = _ID_PACKET.unpack_from(body, 0)
             client_id, _ = _read_str(body, _ID_PACKET.size)
             item = clients.get(client_id, {}).get(jid)
             if item is not None:
                 item.packet_id = packet_id
+                item.state = 1 if kind == PUBREC else 0
         elif kind == CLEARED:
             client_id, _ = _read_str(body, 0)
             clients.pop(client_id, None)
@@ -334,9 +361,11 @@ class Journal:
         if self._call is None:
             self._call = self.reactor.callLater(0, self.flush)
 
-    def add(self, session, msg, qos, retain, sub_ids):
+    def add(self, session, msg, qos, retain, sub_ids, packet_id=0):
         """
         C{msg} is queued for, or in flight to, persistent C{session}.
+
+        @param packet_id: the packet id it was sent with (0: it is queued).
         """
         self._event()
         client_id = session.client_id
@@ -344,7 +373,8 @@ class Journal:
         if jid is None:
             jid = msg.jid = self.next_id
             self.next_id += 1
-            targets = [[client_id, qos, 1 if retain else 0, sub_ids]]
+            targets = [[client_id, qos, 1 if retain else 0, sub_ids,
+                        packet_id]]
             self._pending[jid] = targets
             self._new.append(jid)
             self.live[jid] = [None, msg, {client_id}]
@@ -355,18 +385,18 @@ class Journal:
         if entry is None:
             # Its record may be truncated away: write it again.
             msg.jid = None
-            return self.add(session, msg, qos, retain, sub_ids)
+            return self.add(session, msg, qos, retain, sub_ids, packet_id)
         if client_id in entry[2]:
             return
         entry[2].add(client_id)
         targets = self._pending.get(jid)
         if targets is not None:
             targets.append([client_id, qos, 1 if retain else 0,
-                            sub_ids])
+                            sub_ids, packet_id])
             return
         self._records.append(
             (b"t", None, [jid, client_id, qos, 1 if retain else 0,
-                          sub_ids]))
+                          sub_ids, packet_id]))
         self._done = None
 
     def delayed(self, msg, due):
@@ -379,7 +409,7 @@ class Journal:
         self.next_id += 1
         self._dues[jid] = due
         self._pending[jid] = targets = [
-            [DELAYED_CLIENT, msg.qos, 1 if msg.retain else 0, []]]
+            [DELAYED_CLIENT, msg.qos, 1 if msg.retain else 0, [], 0]]
         self._new.append(jid)
         self.live[jid] = [None, msg, {DELAYED_CLIENT}]
         self._records.append((b"m", msg, targets))
@@ -451,6 +481,25 @@ class Journal:
         self._records.append((b"s", None, [jid, session.client_id, packet_id]))
         self._done = None
 
+    def sent(self, session, msg, packet_id):
+        """
+        C{msg}, queued for C{session}, was sent to it as C{packet_id}.
+        """
+        jid = msg.jid
+        entry = self.live.get(jid) if jid is not None else None
+        if entry is None or session.client_id not in entry[2]:
+            return
+        self._event()
+        targets = self._pending.get(jid)
+        if targets is not None:
+            # Queued and sent in the same turn: its target says it.
+            for target in targets:
+                if target[0] == session.client_id:
+                    target[4] = packet_id
+                    return
+        self._records.append((b"p", None, [jid, session.client_id, packet_id]))
+        self._done = None
+
     def clear(self, session, jids):
         """
         Persistent C{session} ended (or is no longer persistent): every item
@@ -498,8 +547,9 @@ class Journal:
                      b"\x01" + _pack_str(sender) if sender is not None
                      else b"\x00",
                      _U32.pack(len(value))]
-            for client_id, qos, retain, sub_ids in value:
-                parts.append(_pack_target(client_id, qos, retain, sub_ids))
+            for client_id, qos, retain, sub_ids, packet_id in value:
+                parts.append(_pack_target(client_id, qos, retain, sub_ids,
+                                          packet_id))
             parts.append(packet)
             return _entry(MESSAGE, b"".join(parts))
         if kind == b"d":
@@ -508,12 +558,13 @@ class Journal:
                 parts.append(_ID.pack(jid) + _pack_str(client_id))
             return _entry(DONE, b"".join(parts))
         if kind == b"t":
-            jid, client_id, qos, retain, sub_ids = value
+            jid, client_id, qos, retain, sub_ids, packet_id = value
             return _entry(TARGET, _ID.pack(jid) + _pack_target(
-                client_id, qos, retain, sub_ids))
-        if kind == b"w" or kind == b"s":
+                client_id, qos, retain, sub_ids, packet_id))
+        if kind == b"w" or kind == b"s" or kind == b"p":
             jid, client_id, packet_id = value
-            return _entry(WAIT if kind == b"w" else PUBREC,
+            return _entry(WAIT if kind == b"w"
+                          else PUBREC if kind == b"s" else SENT,
                           _ID_PACKET.pack(jid, packet_id)
                           + _pack_str(client_id))
         if kind == b"c":
@@ -649,14 +700,15 @@ class Journal:
         for packet_id, entry in session.inflight.items():
             msg = entry[0]
             if self._move(session, msg, entry[1], entry[2], entry[3], moved,
-                          renamed) and entry[4]:
+                          renamed, packet_id) and entry[4]:
                 self.pubrec(session, msg, packet_id)
         waiting = session.awaiting_rel
         for packet_id, jid in list(waiting.items()):
             if jid in moved:
                 waiting[packet_id] = self.wait_rel(session, packet_id)
 
-    def _move(self, session, msg, qos, retain, sub_ids, moved, renamed):
+    def _move(self, session, msg, qos, retain, sub_ids, moved, renamed,
+              packet_id=0):
         jid = msg.jid
         old = renamed.get(jid, jid)
         entry = moved.get(old)
@@ -664,10 +716,10 @@ class Journal:
             return False
         if old == jid:
             msg.jid = None
-            self.add(session, msg, qos, retain, sub_ids)
+            self.add(session, msg, qos, retain, sub_ids, packet_id)
             renamed[msg.jid] = old
         else:
-            self.add(session, msg, qos, retain, sub_ids)
+            self.add(session, msg, qos, retain, sub_ids, packet_id)
         return True
 
 
