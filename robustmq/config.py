@@ -309,27 +309,37 @@ def _bound_text(minimum, exclusive):
 @frozen
 class Integer:
     """
-    A TOML integer (never a boolean), optionally bounded below.
+    A TOML integer (never a boolean), optionally bounded below and above.
     """
 
     minimum: int | None = None
     exclusive: bool = False
+    maximum: int | None = None
+
+    def _range_text(self):
+        if self.maximum is None:
+            return _bound_text(self.minimum, self.exclusive)
+        if self.minimum is not None and not self.exclusive:
+            return f"{self.minimum}-{self.maximum}"
+        if self.minimum is None:
+            return f"<= {self.maximum}"
+        return f"{_bound_text(self.minimum, self.exclusive)} and <= {self.maximum}"
 
     def describe(self):
-        if self.minimum is None:
+        if self.minimum is None and self.maximum is None:
             return "integer"
-        return f"integer {_bound_text(self.minimum, self.exclusive)}"
+        return f"integer {self._range_text()}"
 
     def convert(self, value, path, checker):
         if isinstance(value, bool) or not isinstance(value, int):
             checker.problem(path, f"expected an integer, got {_describe_value(value)}")
             return _BAD
-        if self.minimum is not None and (
+        low = self.minimum is not None and (
             value <= self.minimum if self.exclusive else value < self.minimum
-        ):
-            checker.problem(
-                path, f"must be {_bound_text(self.minimum, self.exclusive)}, got {value}"
-            )
+        )
+        high = self.maximum is not None and value > self.maximum
+        if low or high:
+            checker.problem(path, f"must be {self._range_text()}, got {value}")
             return _BAD
         return value
 
@@ -747,23 +757,23 @@ class MqttProtocolConfig:
         1048576,
     )
     receive_maximum: int = setting(
-        Integer(minimum=1),
+        Integer(minimum=1, maximum=65535),
         "QoS 2 PUBLISH packets a client may have unacknowledged towards the broker"
         " (65535 at most).",
         32,
     )
     topic_alias_maximum: int = setting(
-        Integer(minimum=0),
+        Integer(minimum=0, maximum=65535),
         "Topic aliases a MQTT 5 client may define towards the broker; 0 = none.",
         10,
     )
     server_keep_alive: int = setting(
-        Integer(minimum=0),
+        Integer(minimum=0, maximum=65535),
         "Keep-alive in seconds imposed on every client; 0 = the client's own.",
         0,
     )
     max_qos: int = setting(
-        Integer(minimum=0), "Highest QoS accepted and granted (0, 1 or 2).", 2
+        Integer(minimum=0, maximum=2), "Highest QoS accepted and granted (0, 1 or 2).", 2
     )
     retain_available: bool = setting(Boolean(), "Retained messages are supported.", True)
     wildcard_subscription_available: bool = setting(
@@ -776,7 +786,7 @@ class MqttProtocolConfig:
         Boolean(), "MQTT 5 subscription identifiers are supported.", True
     )
     max_inflight: int = setting(
-        Integer(minimum=1),
+        Integer(minimum=1, maximum=65535),
         "QoS 1 and 2 messages sent to a client and not yet acknowledged, at most"
         " (the client's Receive Maximum may lower it).",
         32,
@@ -867,7 +877,7 @@ class KafkaRuntimeConfig(RuntimeConfig):
         "",
     )
     advertised_port: int = setting(
-        Integer(minimum=0),
+        Integer(minimum=0, maximum=65535),
         "Port Metadata gives clients for this broker; 0 = the port of the listener"
         " the client is connected to.",
         0,
@@ -925,7 +935,8 @@ class AmqpRuntimeConfig(RuntimeConfig):
         131072,
     )
     channel_max: int = setting(
-        Integer(minimum=1), "Channels per connection offered in connection.tune (65535 at most).",
+        Integer(minimum=1, maximum=65535),
+        "Channels per connection offered in connection.tune (65535 at most).",
         2047,
     )
     heartbeat_s: int = setting(

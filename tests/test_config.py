@@ -551,6 +551,24 @@ class ErrorTests(ProblemsMixin, unittest.TestCase):
             ],
         )
 
+    def test_above_maximum(self):
+        """
+        Keys with an upper bound (protocol limits) report it.
+        """
+        problems = self.problems({
+            "mqtt_runtime": {"protocol": {"max_qos": 3, "receive_maximum": 65536}},
+            "amqp_runtime": {"channel_max": 70000},
+            "kafka_runtime": {"advertised_port": 65536},
+        })
+        self.assertIn("config error: mqtt_runtime.protocol.max_qos: must be 0-2, got 3", problems)
+        self.assertIn(
+            "config error: mqtt_runtime.protocol.receive_maximum: must be 1-65535, got 65536",
+            problems)
+        self.assertIn(
+            "config error: amqp_runtime.channel_max: must be 1-65535, got 70000", problems)
+        self.assertIn(
+            "config error: kafka_runtime.advertised_port: must be 0-65535, got 65536", problems)
+
     def test_out_of_range(self):
         """
         Values out of range are reported with the bound.

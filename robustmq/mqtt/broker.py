@@ -254,7 +254,7 @@ class Broker:
         self.messages_sent = 0
         self.auth_methods = {}
         config = self.config
-        self.max_qos = min(2, config.max_qos)
+        self.max_qos = config.max_qos
         self.max_queued = config.max_queued_messages
         self.drop_oldest = config.queue_drop_policy == "drop_oldest"
         self.strategy = config.shared_subscription_strategy
