@@ -22,7 +22,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from robustmq.interfaces import IMetaStore
-from robustmq.storage.errors import StorageError
 from robustmq.storage.sqlwriter import SqliteWriter, synchronous_for
 
 KIND_JSON = 0
@@ -139,10 +138,6 @@ class MetaStore:
         self._data = {}
 
     def open(self):
-        try:
-            os.makedirs(self.data_dir, exist_ok=True)
-        except OSError as e:
-            return fail(StorageError.from_os_error("create " + self.data_dir, e))
         return self.writer.open(_load).addCallback(self._loaded)
 
     def _loaded(self, rows):

@@ -12,7 +12,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from robustmq.interfaces import IOffsetManager
-from robustmq.storage.errors import StorageError
 from robustmq.storage.sqlwriter import SqliteWriter, synchronous_for
 
 _SCHEMA = (
@@ -68,10 +67,6 @@ class OffsetManager:
         self._groups = {}
 
     def open(self):
-        try:
-            os.makedirs(self.data_dir, exist_ok=True)
-        except OSError as e:
-            return fail(StorageError.from_os_error("create " + self.data_dir, e))
         return self.writer.open(_load).addCallback(self._loaded)
 
     def _loaded(self, rows):

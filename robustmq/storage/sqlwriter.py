@@ -10,9 +10,10 @@ submit their changes here; each change's Deferred fires once its
 transaction is committed.
 """
 
+import os
 import sqlite3
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -111,8 +112,15 @@ class SqliteWriter:
         Open the database and run C{setup(connection)} (create tables, load
         what the caller keeps in memory).
 
+        The directory of the file is created if needed.
+
         @return: a Deferred firing with what C{setup} returns.
         """
+        directory = os.path.dirname(self.path)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            return fail(StorageError.from_os_error("create " + directory, e))
         self.opened = True
         if self._own_pool:
             self.pool.start()
