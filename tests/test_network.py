@@ -136,6 +136,27 @@ class FramedProtocolTests(TestCase):
         proto.dataReceived(data[15:])
         self.assertEqual(proto.frames, [b"x" * 10, b"y" * 20])
 
+    def test_frame_views_stay_valid(self):
+        """
+        A view of a delivered frame may be kept: the buffer it is in is
+        never changed afterwards, whatever the reads look like.
+        """
+        h = Harness()
+        proto, transport = h.connect()
+        views = []
+
+        def keep(buf, start, end):
+            views.append(memoryview(buf)[start + 2:end])
+
+        proto.frame_received = keep
+        payloads = [bytes([65 + i]) * (i * 7 % 23) for i in range(30)]
+        data = b"".join(frame(p) for p in payloads)
+        for size in (1, 5, 9, 50):
+            del views[:]
+            for i in range(0, len(data), size):
+                proto.dataReceived(data[i:i + size])
+            self.assertEqual([bytes(v) for v in views], payloads)
+
     def test_oversize_frame(self):
         """
         A frame over C{max_frame_bytes} closes the connection before its body

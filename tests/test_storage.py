@@ -251,6 +251,31 @@ class DriverTestsMixin:
         )
 
     @defer.inlineCallbacks
+    def test_append_batch_read_only(self):
+        """
+        Several batches given as L{bytes} or as a view of a larger buffer
+        get consecutive base offsets in storage; the input is unchanged.
+        """
+        m = self.manager
+        m.create_shard("s")
+        one = encode_batch(records(0, 2, origin="kafka"))
+        two = encode_batch(records(2, 3, origin="kafka"), compression=COMPRESSION_GZIP)
+        frame = b"head" + one + two + b"tail"
+        view = memoryview(frame)[4:-4]
+        self.assertEqual((yield m.append_batch("s", one + two)), 0)
+        self.assertEqual((yield m.append_batch("s", view)), 5)
+        self.assertEqual(frame, b"head" + one + two + b"tail")
+        stored = m.read("s", 0, 10 ** 6)
+        self.assertEqual(b"".join(bytes(b) for b in stored), b"".join([
+            bytes(patch_base_offset(one, 0)), bytes(patch_base_offset(two, 2)),
+            bytes(patch_base_offset(one, 5)), bytes(patch_base_offset(two, 7)),
+        ]))
+        self.assertEqual(
+            self.all_records("s"),
+            list(enumerate(records(0, 5, origin="kafka") + records(0, 5, origin="kafka"))),
+        )
+
+    @defer.inlineCallbacks
     def test_append_batch_invalid(self):
         m = self.manager
         m.create_shard("s")

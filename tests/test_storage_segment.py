@@ -305,7 +305,14 @@ class WriteErrorTests(SegmentTestsBase):
                 raise OSError(code, os.strerror(code))
             return real(fd, data)
 
+        def writev(fd, buffers):
+            if state["broken"] and fd in fds:
+                return write(fd, b"".join(buffers))
+            return real_writev(fd, buffers)
+
+        real_writev = os.writev
         self.patch(os, "write", write)
+        self.patch(os, "writev", writev)
 
     def restore_write(self):
         self.write_state["broken"] = False

@@ -157,19 +157,11 @@ class KafkaProtocol(FramedProtocol):
             api_key, version = struct.unpack_from(">hh", buf, start + 4)
             raise FrameError("malformed {} v{} request: {}".format(
                 codec.api_name(api_key), version, e)) from None
+        # The record batches of a Produce stay views of the receive buffer,
+        # which is never changed once it held a frame.
         api_key = header["request_api_key"]
         version = header["request_api_version"]
         correlation_id = header["correlation_id"]
-        if api_key == 0:
-            # Keep the record batches as our own bytearrays, and let go of
-            # the receive buffer before it is reused.
-            for t in body["topic_data"]:
-                for pd in t["partition_data"]:
-                    records = pd["records"]
-                    if records is not None:
-                        pd["records"] = bytearray(records)
-                        records.release()
-        view.release()
         client_id = header["client_id"]
         if client_id != self.client_id:
             self.client_id = self.info.client_id = client_id

@@ -29,7 +29,8 @@ class FramedProtocol(Protocol):
         at C{offset}, or L{None} while its header is incomplete; raise
         L{FrameError} (or a protocol error) when it is malformed.
       - C{frame_received(buf, start, end)}: one complete frame. C{buf} is
-        reused after the call: copy what must be kept.
+        never changed after it has held a frame, so a memoryview of it may
+        be kept instead of a copy (it keeps the whole buffer alive).
     and may override C{frame_error(exc)}, C{frame_too_large(length)},
     C{idle_timeout()}, C{outbound_overflow()}, C{close_gracefully()} and
     C{connection_closed(reason)}.
@@ -113,8 +114,10 @@ class FramedProtocol(Protocol):
             self._buf = None
         elif buf is data:
             self._buf = bytearray(memoryview(data)[offset:])
+        elif offset:
+            # Frames handed out may still be viewed: leave buf as it is.
+            self._buf = buf[offset:]
         else:
-            del buf[:offset]
             self._buf = buf
 
     def frame_length(self, buf, offset):

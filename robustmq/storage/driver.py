@@ -4,10 +4,10 @@ What the storage drivers share: offsets assigned at append, batch encoding
 and validation, the offset checks, and the record-level read.
 
 A driver holds shards; L{robustmq.storage.manager.StorageDriverManager}
-routes each shard name to its driver. A driver implements C{_store} (write
-the batches of one append), C{read}, C{offset_for_timestamp},
-C{truncate_before}, C{create}, C{delete}, C{open}, C{close} and
-C{apply_retention}.
+routes each shard name to its driver. A driver implements
+C{_store(shard, data, batches, patched)} (write the batches of one append),
+C{read}, C{offset_for_timestamp}, C{truncate_before}, C{create},
+C{delete}, C{open}, C{close} and C{apply_retention}.
 """
 
 import struct
@@ -34,10 +34,14 @@ class Driver:
     Base class of the drivers.
 
     @ivar shards: shard name to the driver's shard object.
+    @cvar writes_base_offsets: C{_store} can take batches whose base
+        offsets are not patched yet (read-only input, C{patched} false): it
+        writes each batch's base offset itself.
     """
 
     log = Logger()
     name = None
+    writes_base_offsets = False
 
     def __init__(self, config, data_dir, reactor, pool):
         self.config = config
@@ -100,7 +104,7 @@ class Driver:
             data = encode_batch(records, base)
             nxt = base + len(records)
             max_ts = _MAX_TS.unpack_from(data, 35)[0]
-            d = self._store(shard, data, ((0, base, nxt, len(data), max_ts),))
+            d = self._store(shard, data, ((0, base, nxt, len(data), max_ts),), True)
         except Exception:
             return fail()
         if d is None:
@@ -110,8 +114,10 @@ class Driver:
     def append_batch(self, name, data):
         """
         Append Kafka record batch bytes: validated (CRC-32C), base offsets
-        patched (in place when C{data} is a L{bytearray}), stored as they
-        are. C{data} may hold several batches back to back.
+        patched (in place when C{data} is a L{bytearray}; a driver that
+        L{writes_base_offsets} writes them apart from read-only C{data}
+        instead of copying it), stored as they are. C{data} may hold
+        several batches back to back.
 
         @return: a Deferred firing with the base offset of the first batch.
         """
@@ -120,17 +126,20 @@ class Driver:
             headers = check_batches(data)
             if not headers:
                 raise ValueError("no record batch to append")
-            if not isinstance(data, bytearray):
+            patch = isinstance(data, bytearray)
+            if not patch and not self.writes_base_offsets:
                 data = bytearray(data)
+                patch = True
             base = nxt = shard.next_offset
             batches = []
             pack = _BASE.pack_into
             for pos, t in headers:
-                pack(data, pos, nxt)
+                if patch:
+                    pack(data, pos, nxt)
                 end = nxt + t[6] + 1
                 batches.append((pos, nxt, end, t[1] + LOG_OVERHEAD, t[8]))
                 nxt = end
-            d = self._store(shard, data, batches)
+            d = self._store(shard, data, batches, patch)
         except Exception:
             return fail()
         if d is None:

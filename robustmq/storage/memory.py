@@ -43,7 +43,7 @@ class MemoryDriver(Driver):
         del self.shards[name]
         return succeed(None)
 
-    def _store(self, shard, data, batches):
+    def _store(self, shard, data, batches, patched):
         if len(batches) == 1 and isinstance(data, bytes):
             _, base, nxt, length, max_ts = batches[0]
             shard.data.append(data)

@@ -166,7 +166,7 @@ class SqliteDriver(Driver):
 
     # appends
 
-    def _store(self, shard, data, batches):
+    def _store(self, shard, data, batches, patched):
         rows = []
         if len(batches) == 1 and isinstance(data, bytes):
             _, base, nxt, size, max_ts = batches[0]
