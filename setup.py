@@ -19,6 +19,7 @@ setup(
         "attrs>=23.1.0",
         "prometheus-client>=0.20.0",
         "crc32c>=2.4",
+        "cramjam>=2.7",
     ],
     extras_require={
         "test": [

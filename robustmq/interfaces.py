@@ -345,6 +345,15 @@ class IStorageDriverManager(Interface):
         @return: C{(offset, timestamp_ms)} of that record, or L{None}.
         """
 
+    def offset_of_max_timestamp(shard):
+        """
+        The first record with the largest timestamp (Kafka's ListOffsets
+        with timestamp -3).
+
+        @return: C{(offset, timestamp_ms)} of that record, or L{None} when
+            the shard holds no record with a timestamp.
+        """
+
     def truncate_before(shard, offset):
         """
         Make C{offset} the earliest offset: data before it can no longer

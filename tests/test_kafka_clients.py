@@ -137,6 +137,32 @@ class KafkaPythonTests(RealBrokerTestCase):
         return deferToThread(run).addCallback(check)
 
 
+    def test_offsets_for_times(self):
+        """
+        kafka-python's offset lookups (ListOffsets at its newest version).
+        """
+        def run():
+            from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+            producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks=1)
+            for i in range(50):
+                producer.send("kt", value=b"v", partition=0, timestamp_ms=5000 + i)
+            producer.flush()
+            producer.close()
+            consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+            tp = TopicPartition("kt", 0)
+            found = consumer.offsets_for_times({tp: 5020})[tp]
+            result = ((found.offset, found.timestamp), consumer.beginning_offsets([tp])[tp],
+                      consumer.end_offsets([tp])[tp], consumer.offsets_for_times({tp: 9999})[tp])
+            consumer.close()
+            return result
+
+        def check(result):
+            self.assertEqual(result, ((20, 5020), 0, 50, None))
+
+        return deferToThread(run).addCallback(check)
+
+
 class AiokafkaTests(RealBrokerTestCase):
     if aiokafka is None:
         skip = "aiokafka is not installed"
@@ -249,6 +275,59 @@ class ConfluentTests(RealBrokerTestCase):
             failures, values = result
             self.assertEqual(failures, [])
             self.assertEqual(values, ["%s-%d" % (n, i) for n in codecs for i in range(400)])
+
+        return deferToThread(run).addCallback(check)
+
+    def test_list_offsets_each_codec(self):
+        """
+        ListOffsets at the newest version librdkafka asks for (max
+        timestamp included) and lookups by timestamp, in batches of each
+        compression codec.
+        """
+        codecs = ("none", "gzip", "snappy", "lz4", "zstd")
+
+        def run():
+            from confluent_kafka import Consumer, Producer, TopicPartition
+            from confluent_kafka.admin import OffsetSpec
+
+            admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            for f in admin.create_topics([NewTopic("lo-" + name, num_partitions=1,
+                                                   replication_factor=1)
+                                          for name in codecs]).values():
+                f.result(10)
+            results = {}
+            for name in codecs:
+                topic = "lo-" + name
+                producer = Producer({"bootstrap.servers": self.bootstrap,
+                                     "compression.type": name, "linger.ms": 20})
+                for i in range(200):
+                    ts = 9000000 if i == 177 else 1000000 + i * 10
+                    producer.produce(topic, value=b"same value %d" % (i % 3), partition=0,
+                                     timestamp=ts)
+                producer.flush(30)
+                tp = TopicPartition(topic, 0)
+                specs = {"earliest": OffsetSpec.earliest(), "latest": OffsetSpec.latest(),
+                         "max": OffsetSpec.max_timestamp(),
+                         "at": OffsetSpec.for_timestamp(1001500)}
+                got = {}
+                for key, spec in specs.items():
+                    r = admin.list_offsets({tp: spec}, request_timeout=10)[tp].result(10)
+                    got[key] = (r.offset, r.timestamp)
+                consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "lo"})
+                found = consumer.offsets_for_times([TopicPartition(topic, 0, 1001500)], 10)
+                got["consumer"] = found[0].offset
+                consumer.close()
+                results[name] = got
+            return results
+
+        def check(results):
+            for name in codecs:
+                got = results[name]
+                self.assertEqual(got["earliest"][0], 0, name)
+                self.assertEqual(got["latest"][0], 200, name)
+                self.assertEqual(got["max"], (177, 9000000), name)
+                self.assertEqual(got["at"], (150, 1001500), name)
+                self.assertEqual(got["consumer"], 150, name)
 
         return deferToThread(run).addCallback(check)
 

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from robustmq.kafka import codec, errors
+from robustmq.kafka import protocol as kafka_protocol
 from robustmq.kafka.broker import KafkaBroker, topic_name_problem
 from robustmq.kafka.groups import GroupCoordinator
 from robustmq.kafka.protocol import SERVED_VERSIONS
@@ -24,6 +25,7 @@ from robustmq.storage.testing import memory_storage
 PRODUCE, FETCH, LIST_OFFSETS, METADATA = 0, 1, 2, 3
 API_VERSIONS, CREATE_TOPICS, DELETE_TOPICS = 18, 19, 20
 INIT_PRODUCER_ID, DESCRIBE_CONFIGS, CREATE_PARTITIONS, DESCRIBE_CLUSTER = 22, 32, 37, 60
+OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR, LIST_GROUPS = 8, 9, 10, 16
 
 
 def batch(values, timestamp=1000, **kw):
@@ -115,6 +117,9 @@ class ApiVersionsTests(KafkaTestCase):
         A version the codec knows but the broker does not serve gets
         UNSUPPORTED_VERSION in its own layout when it has a top-level error.
         """
+        served = dict(SERVED_VERSIONS)
+        served[FETCH] = (4, 12)
+        self.patch(kafka_protocol, "SERVED_VERSIONS", served)
         body = self.c.call(FETCH, 13, {"topics": []})
         self.assertEqual(body["error_code"], errors.UNSUPPORTED_VERSION)
 
@@ -262,9 +267,52 @@ class ProduceFetchTests(KafkaTestCase):
             self.assertTrue(p["records"])
 
     def test_produce_versions(self):
-        for version in range(3, 10):
+        for version in range(3, 12):
             r = self.produce("t", [b"v"], version=version)
             self.assertEqual(r["error_code"], 0)
+
+    def fetch_by_id(self, topic_id, partition, offset, version=16):
+        body = fetch_body(None, partition, offset)
+        body["topics"][0]["topic_id"] = topic_id
+        return self.c.call(FETCH, version, body)
+
+    def test_fetch_by_topic_id(self):
+        """
+        From version 13 on, fetch names topics by id, and the response
+        gives the id back.
+        """
+        self.produce("t", [b"a", b"b"])
+        topic_id = self.h.broker.topics["t"].topic_id
+        for version in range(13, 18):
+            body = self.fetch_by_id(topic_id, 0, 1, version)
+            self.assertEqual(body["responses"][0]["topic_id"], topic_id)
+            p = partition_of(body)
+            self.assertEqual((p["error_code"], p["high_watermark"]), (0, 2))
+            self.assertEqual(struct.unpack_from(">q", bytes(p["records"]))[0], 0)
+
+    def test_fetch_unknown_topic_id(self):
+        self.produce("t", [b"a"])
+        unknown = b"\x01" * 16
+        body = self.fetch_by_id(unknown, 0, 0)
+        self.assertEqual(body["responses"][0]["topic_id"], unknown)
+        self.assertEqual(partition_of(body)["error_code"], errors.UNKNOWN_TOPIC_ID)
+        p = partition_of(self.fetch_by_id(self.h.broker.topics["t"].topic_id, 7, 0))
+        self.assertEqual(p["error_code"], errors.UNKNOWN_TOPIC_OR_PARTITION)
+
+    def test_fetch_by_id_long_poll(self):
+        """
+        A fetch by topic id waits for data like one by name.
+        """
+        self.produce("t", [b"a"])
+        topic_id = self.h.broker.topics["t"].topic_id
+        body = fetch_body(None, 0, 1, max_wait=5000, min_bytes=1)
+        body["topics"][0]["topic_id"] = topic_id
+        self.c.send(FETCH, 16, body)
+        self.assertEqual(self.c.responses(), [])
+        self.produce("t", [b"b"], client=self.h.client(40001))
+        (got,) = self.c.responses()
+        p = partition_of(got[1])
+        self.assertEqual((p["error_code"], p["high_watermark"]), (0, 2))
 
     def test_corrupt_crc(self):
         data = bytearray(batch([b"a"]))
@@ -370,6 +418,108 @@ class ListOffsetsTests(KafkaTestCase):
         r = ask(1001)
         self.assertEqual((r["offset"], r["timestamp"]), (1, 1001))
         self.assertEqual(ask(99999)["offset"], -1)
+        self.assertEqual(ask(-3)["error_code"], errors.UNSUPPORTED_VERSION)
+
+    def ask(self, version, ts, topic="t"):
+        body = {"replica_id": -1, "isolation_level": 0, "timeout_ms": 1000,
+                "topics": [{"name": topic, "partitions": [
+                    {"partition_index": 0, "timestamp": ts, "current_leader_epoch": -1}]}]}
+        r = self.c.call(LIST_OFFSETS, version, body)["topics"][0]["partitions"][0]
+        return r["error_code"], r["offset"], r["timestamp"]
+
+    def test_special_timestamps(self):
+        """
+        -3 (max timestamp) from version 7, -4 (earliest local) from 8, -5
+        (latest tiered: none here) from 9.
+        """
+        self.produce("t", [b"a", b"b"])
+        self.c.call(PRODUCE, 9, produce_body("t", 0, batch([b"c"], timestamp=5000)))
+        self.produce("t", [b"d"])
+        for version in range(7, 11):
+            self.assertEqual(self.ask(version, -3), (0, 2, 5000))
+            self.assertEqual(self.ask(version, -1), (0, 4, -1))
+            self.assertEqual(self.ask(version, -2), (0, 0, -1))
+        self.assertEqual(self.ask(7, -4)[0], errors.UNSUPPORTED_VERSION)
+        self.assertEqual(self.ask(8, -4), (0, 0, -1))
+        self.assertEqual(self.ask(8, -5)[0], errors.UNSUPPORTED_VERSION)
+        self.assertEqual(self.ask(9, -5), (0, -1, -1))
+        self.assertEqual(self.ask(10, -6)[0], errors.UNSUPPORTED_VERSION)
+
+    def test_max_timestamp_of_empty_partition(self):
+        self.produce("t", [b"a"])
+        self.c.call(CREATE_TOPICS, 7, {"topics": [
+            {"name": "empty", "num_partitions": 1, "replication_factor": 1, "assignments": [],
+             "configs": []}], "timeout_ms": 1000, "validate_only": False})
+        self.assertEqual(self.ask(7, -3, "empty"), (0, -1, -1))
+
+
+class GroupApiTests(KafkaTestCase):
+    """
+    The group APIs over the wire, in their newest versions; the coordinator
+    itself is tested in L{tests.test_kafka_groups}.
+    """
+
+    def test_find_coordinator(self):
+        for version in (0, 3):
+            body = self.c.call(FIND_COORDINATOR, version, {"key": "g", "key_type": 0})
+            self.assertEqual((body["error_code"], body["node_id"]), (0, 1))
+        for version in (4, 5, 6):
+            body = self.c.call(FIND_COORDINATOR, version,
+                               {"key_type": 0, "coordinator_keys": ["a", "b"]})
+            self.assertEqual([(c["key"], c["error_code"]) for c in body["coordinators"]],
+                             [("a", 0), ("b", 0)])
+
+    def test_find_share_coordinator(self):
+        body = self.c.call(FIND_COORDINATOR, 6, {"key_type": 2, "coordinator_keys": ["s"]})
+        self.assertEqual(body["coordinators"][0]["error_code"], errors.INVALID_REQUEST)
+
+    def commit(self, version, group, offset):
+        return self.c.call(OFFSET_COMMIT, version, {
+            "group_id": group, "generation_id_or_member_epoch": -1, "member_id": "",
+            "group_instance_id": None, "retention_time_ms": -1, "topics": [
+                {"name": "t", "partitions": [
+                    {"partition_index": 0, "committed_offset": offset,
+                     "committed_leader_epoch": -1, "committed_metadata": "m"}]}]})
+
+    def test_commit_and_fetch_offsets(self):
+        self.produce("t", [b"a", b"b"])
+        for version in (2, 8, 9):
+            body = self.commit(version, "g%d" % version, version)
+            self.assertEqual(body["topics"][0]["partitions"][0]["error_code"], 0)
+        body = self.c.call(OFFSET_FETCH, 9, {"groups": [
+            {"group_id": "g9", "member_id": None, "member_epoch": -1,
+             "topics": [{"name": "t", "partition_indexes": [0]}]},
+            {"group_id": "g8", "member_id": None, "member_epoch": -1, "topics": None}],
+            "require_stable": False})
+        got = [(g["group_id"], [(p["partition_index"], p["committed_offset"], p["metadata"])
+                                for t in g["topics"] for p in t["partitions"]])
+               for g in body["groups"]]
+        self.assertEqual(got, [("g9", [(0, 9, "m")]), ("g8", [(0, 8, "m")])])
+        body = self.c.call(OFFSET_FETCH, 7, {"group_id": "g2", "topics": None,
+                                             "require_stable": False})
+        self.assertEqual(body["topics"][0]["partitions"][0]["committed_offset"], 2)
+
+    def test_list_groups_types_filter(self):
+        self.produce("t", [b"a"])
+        self.commit(8, "g", 1)
+
+        def names(version, **filters):
+            body = {"states_filter": [], "types_filter": []}
+            body.update(filters)
+            got = self.c.call(LIST_GROUPS, version, body)
+            return [(g["group_id"], g["group_type"]) for g in got["groups"]]
+
+        self.assertEqual(names(5), [("g", "classic")])
+        self.assertEqual(names(5, types_filter=["Classic"]), [("g", "classic")])
+        self.assertEqual(names(5, types_filter=["consumer"]), [])
+        self.assertEqual(names(4), [("g", "")])
+
+    def test_init_producer_id_v5(self):
+        body = self.c.call(INIT_PRODUCER_ID, 5, {"transactional_id": None,
+                                                 "transaction_timeout_ms": -1,
+                                                 "producer_id": -1, "producer_epoch": -1})
+        self.assertEqual(body["error_code"], 0)
+        self.assertGreaterEqual(body["producer_id"], 0)
 
 
 class AdminTests(KafkaTestCase):

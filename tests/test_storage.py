@@ -325,6 +325,23 @@ class DriverTestsMixin:
         self.assertEqual(m.offset_for_timestamp("s", 1001), (52, 1052))
 
     @defer.inlineCallbacks
+    def test_offset_of_max_timestamp(self):
+        """
+        The first record holding the largest timestamp, wherever its batch.
+        """
+        m = self.manager
+        m.create_shard("s")
+        self.assertIsNone(m.offset_of_max_timestamp("s"))
+        yield self.fill("s", batches=4, per_batch=5, ts=1000)
+        self.assertEqual(m.offset_of_max_timestamp("s"), (19, 1019))
+        yield m.append("s", records(20, 3, ts=5000))
+        yield m.append("s", records(23, 5, ts=0))
+        self.assertEqual(m.offset_of_max_timestamp("s"), (22, 5022))
+        # A later record with the same largest timestamp does not win.
+        yield m.append("s", [Record(None, b"v", (), 5022, "kafka")])
+        self.assertEqual(m.offset_of_max_timestamp("s"), (22, 5022))
+
+    @defer.inlineCallbacks
     def test_truncate_before(self):
         m = self.manager
         m.create_shard("s")

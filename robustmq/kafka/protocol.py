@@ -28,24 +28,24 @@ _MIN_BATCH = 61
 #: The APIs served and the versions advertised in ApiVersions: only those
 #: that work end to end.
 SERVED_VERSIONS = {
-    0: (3, 9),     # Produce (magic 2 record batches only)
-    1: (4, 12),    # Fetch
-    2: (1, 6),     # ListOffsets
+    0: (3, 11),    # Produce (magic 2 record batches only)
+    1: (4, 17),    # Fetch (topic ids from v13)
+    2: (1, 10),    # ListOffsets
     3: (0, 12),    # Metadata
-    8: (0, 8),     # OffsetCommit
-    9: (0, 8),     # OffsetFetch
-    10: (0, 4),    # FindCoordinator
+    8: (0, 9),     # OffsetCommit
+    9: (0, 9),     # OffsetFetch
+    10: (0, 6),    # FindCoordinator
     11: (0, 9),    # JoinGroup
     12: (0, 4),    # Heartbeat
     13: (0, 5),    # LeaveGroup
     14: (0, 5),    # SyncGroup
     15: (0, 5),    # DescribeGroups
-    16: (0, 4),    # ListGroups
+    16: (0, 5),    # ListGroups
     17: (0, 1),    # SaslHandshake
     18: (0, 4),    # ApiVersions
     19: (0, 7),    # CreateTopics
     20: (0, 6),    # DeleteTopics
-    22: (0, 4),    # InitProducerId
+    22: (0, 5),    # InitProducerId
     32: (0, 4),    # DescribeConfigs
     36: (0, 2),    # SaslAuthenticate
     37: (0, 3),    # CreatePartitions
@@ -57,6 +57,14 @@ _API_VERSIONS_LIST = [
     {"api_key": k, "min_version": low, "max_version": high}
     for k, (low, high) in sorted(SERVED_VERSIONS.items())
 ]
+
+#: ListOffsets: the lowest special timestamp each version may ask for (-1
+#: latest and -2 earliest always; -3 max timestamp from v7, -4 earliest local
+#: from v8, -5 latest tiered from v9).
+_LIST_OFFSETS_SPECIAL_MIN = {7: -3, 8: -4, 9: -5, 10: -5}
+
+#: The topic id of no topic.
+_NO_TOPIC_ID = bytes(16)
 
 #: Requests allowed before SASL authentication when it is required.
 _BEFORE_AUTH = frozenset((17, 18, 36))
@@ -421,11 +429,20 @@ class KafkaProtocol(FramedProtocol):
         plan = []
         errors_found = False
         waiting_on = []
+        by_id = version >= 13
         for t in body["topics"]:
-            name = t["topic"]
-            topic = broker.topics.get(name)
+            if by_id:
+                topic_id = bytes(t["topic_id"])
+                topic = broker.topics_by_id.get(topic_id)
+                name = topic.name if topic is not None else ""
+            else:
+                name = t["topic"]
+                topic = broker.topics.get(name)
+                topic_id = topic.topic_id if topic is not None else _NO_TOPIC_ID
             parts = []
-            plan.append((name, parts))
+            missing = (errors.UNKNOWN_TOPIC_ID if by_id and topic is None
+                       else errors.UNKNOWN_TOPIC_OR_PARTITION)
+            plan.append((name, topic_id, missing, parts))
             for fp in t["partitions"]:
                 index = fp["partition"]
                 p = None
@@ -459,7 +476,8 @@ class KafkaProtocol(FramedProtocol):
 
     def _fetch_read(self, plan, max_bytes):
         """
-        Read every partition of a fetch.
+        Read every partition of a fetch. C{plan} lists C{(topic name, topic
+        id, error code of a missing partition, partitions)}.
 
         @return: C{(response, bytes read, whether a partition failed)}.
         """
@@ -469,13 +487,12 @@ class KafkaProtocol(FramedProtocol):
         total = 0
         failed = False
         responses = []
-        for name, parts in plan:
+        for name, topic_id, missing, parts in plan:
             out = []
-            responses.append({"topic": name, "partitions": out})
+            responses.append({"topic": name, "topic_id": topic_id, "partitions": out})
             for index, p, offset, pmax in parts:
                 if p is None or p.deleted:
-                    out.append({"partition_index": index,
-                                "error_code": errors.UNKNOWN_TOPIC_OR_PARTITION,
+                    out.append({"partition_index": index, "error_code": missing,
                                 "high_watermark": -1, "last_stable_offset": -1,
                                 "log_start_offset": -1, "aborted_transactions": None,
                                 "preferred_read_replica": -1, "records": None})
@@ -524,16 +541,23 @@ class KafkaProtocol(FramedProtocol):
                     continue
                 shard = topic.partitions[index].shard
                 ts = lp["timestamp"]
-                if ts == -1:
-                    r["offset"] = storage.latest_offset(shard)
-                elif ts == -2:
-                    r["offset"] = storage.earliest_offset(shard)
-                elif ts < 0:
-                    r["error_code"] = errors.UNSUPPORTED_VERSION
-                else:
+                if ts >= 0:
                     found = storage.offset_for_timestamp(shard, ts)
-                    if found is not None:
-                        r["offset"], r["timestamp"] = found
+                elif ts < _LIST_OFFSETS_SPECIAL_MIN.get(version, -2):
+                    r["error_code"] = errors.UNSUPPORTED_VERSION
+                    continue
+                elif ts == -1:
+                    found = storage.latest_offset(shard), -1
+                elif ts == -2 or ts == -4:
+                    # Earliest, and earliest local (no tiered storage here).
+                    found = storage.earliest_offset(shard), -1
+                elif ts == -3:
+                    found = storage.offset_of_max_timestamp(shard)
+                else:
+                    # -5, the latest tiered offset: nothing is tiered.
+                    found = None
+                if found is not None:
+                    r["offset"], r["timestamp"] = found
         return {"throttle_time_ms": 0, "topics": topics}
 
     # topics administration
@@ -576,7 +600,7 @@ class KafkaProtocol(FramedProtocol):
         if version >= 6:
             wanted = [(t["name"], bytes(t["topic_id"])) for t in body["topics"]]
         else:
-            wanted = [(n, bytes(16)) for n in body["topic_names"]]
+            wanted = [(n, _NO_TOPIC_ID) for n in body["topic_names"]]
         for name, topic_id in wanted:
             if name is None:
                 topic = broker.topics_by_id.get(topic_id)
@@ -718,9 +742,13 @@ class KafkaProtocol(FramedProtocol):
         host, port = self.advertised()
         nid = self.node_id
         if version >= 4:
+            if body["key_type"] in (0, 1):
+                code, message = errors.NONE, None
+            else:
+                code, message = errors.INVALID_REQUEST, "share groups are not supported"
             return {"throttle_time_ms": 0, "coordinators": [
                 {"key": key, "node_id": nid, "host": host, "port": port,
-                 "error_code": errors.NONE, "error_message": None}
+                 "error_code": code, "error_message": message}
                 for key in body["coordinator_keys"]
             ]}
         return {"throttle_time_ms": 0, "error_code": errors.NONE, "error_message": None,
@@ -853,8 +881,12 @@ class KafkaProtocol(FramedProtocol):
 
     def handle_list_groups(self, version, body, header):
         states = set(body["states_filter"]) if version >= 4 else set()
-        return {"throttle_time_ms": 0, "error_code": errors.NONE,
-                "groups": self.broker.groups.list(states)}
+        types = {t.lower() for t in body["types_filter"]} if version >= 5 else set()
+        # Every group here is a classic one.
+        groups = [] if types and "classic" not in types else self.broker.groups.list(states)
+        for g in groups:
+            g["group_type"] = "classic"
+        return {"throttle_time_ms": 0, "error_code": errors.NONE, "groups": groups}
 
     def handle_delete_groups(self, version, body, header):
         return {"throttle_time_ms": 0, "results": [

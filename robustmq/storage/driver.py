@@ -193,6 +193,18 @@ class Driver:
                 break
         return out
 
+    def offset_of_max_timestamp(self, name):
+        """
+        The first record with the largest timestamp.
+
+        @return: C{(offset, timestamp_ms)}, or L{None} when no record has a
+            timestamp of 0 or more.
+        """
+        ts = self.get(name).largest_timestamp()
+        if ts < 0:
+            return None
+        return self.offset_for_timestamp(name, ts)
+
     def first_at_or_after(self, batch, timestamp_ms, earliest):
         """
         In one batch: the first C{(offset, timestamp)} of a record at or

@@ -69,8 +69,8 @@ class UnsupportedCompression(StorageError):
     """
     A batch compressed with a codec this build cannot decompress.
 
-    @ivar codec: the compression code of the batch attributes (2 snappy,
-        3 lz4, 4 zstd).
+    @ivar codec: the compression code of the batch attributes (5-7: codes
+        Kafka has not defined).
     """
 
     def __init__(self, message, codec):

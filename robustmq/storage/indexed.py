@@ -130,6 +130,12 @@ class IndexedShard(ShardBase):
             if max_ts[i] >= timestamp_ms:
                 yield i
 
+    def largest_timestamp(self):
+        """
+        The largest batch max timestamp, or -1 when there is no batch.
+        """
+        return max(self.max_ts, default=-1)
+
     def drop_before(self, offset):
         """
         Forget the batches that end before C{offset} and move the log start

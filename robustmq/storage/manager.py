@@ -221,6 +221,9 @@ class StorageDriverManager:
     def offset_for_timestamp(self, shard, timestamp_ms):
         return self._driver(shard).offset_for_timestamp(shard, timestamp_ms)
 
+    def offset_of_max_timestamp(self, shard):
+        return self._driver(shard).offset_of_max_timestamp(shard)
+
     def truncate_before(self, shard, offset):
         driver = self._shards.get(shard)
         if driver is None:

@@ -37,14 +37,22 @@ and of each record (varints are zigzag-encoded)::
 The origin protocol of a record travels in the record's attributes byte,
 which Kafka leaves unused (clients read and ignore it): 0 C{"kafka"} (what
 every Kafka producer writes), 1 C{"mqtt"}, 2 C{"amqp"}, 3 C{""} (unknown).
+
+The records section of a compressed batch is one compressed stream: gzip,
+snappy (raw, or in the "xerial" framing the Java client writes), an LZ4
+frame or a zstd frame. L{decode_batch} reads all five codecs, never
+decompressing more than L{MAX_DECOMPRESSED_BYTES}; L{encode_batch} writes
+uncompressed and gzip batches.
 """
 
 import gzip
+import mmap
 import struct
 import zlib
 from collections import namedtuple
 
 import attrs
+import cramjam
 from crc32c import crc32c
 
 from robustmq.storage.errors import InvalidBatch, UnsupportedCompression
@@ -70,10 +78,22 @@ TIMESTAMP_LOG_APPEND_TIME = 0x08
 TRANSACTIONAL = 0x10
 CONTROL = 0x20
 
-_CODEC_NAMES = {2: "snappy", 3: "lz4", 4: "zstd"}
+_CODEC_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
 
 #: Upper bound of the records of one decompressed batch.
 MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+
+# The first output buffer tried for an LZ4 or zstd stream holds this much,
+# or so many times the compressed size; when that is too small, the bound.
+_FIRST_OUTPUT = 64 * 1024
+_FIRST_RATIO = 16
+# Output buffers up to this size are bytearrays, larger ones memory maps.
+_SMALL_OUTPUT = 1024 * 1024
+
+# The "xerial" snappy framing: magic, int32 version, int32 minimum
+# compatible version, then blocks of int32 length + raw snappy block.
+_XERIAL_MAGIC = b"\x82SNAPPY\x00"
+_XERIAL_HEADER_SIZE = 16
 
 ORIGINS = ("kafka", "mqtt", "amqp", "")
 ORIGIN_CODES = {name: code for code, name in enumerate(ORIGINS)}
@@ -219,6 +239,32 @@ def encode_batch(
     """
     if not records:
         raise ValueError("a batch holds at least one record")
+    data, first_ts, max_ts = _encode_records(records)
+    attributes = 0
+    if compression == COMPRESSION_GZIP:
+        data = gzip.compress(data, mtime=0)
+        attributes = COMPRESSION_GZIP
+    elif compression != COMPRESSION_NONE:
+        raise UnsupportedCompression(
+            "cannot encode with compression {}".format(compression), compression
+        )
+    if transactional:
+        attributes |= TRANSACTIONAL
+    return _pack_batch(
+        data, attributes, len(records), first_ts, max_ts, base_offset,
+        producer_id, producer_epoch, base_sequence, partition_leader_epoch,
+    )
+
+
+def _encode_records(records):
+    """
+    The uncompressed records section of a batch of C{records}.
+
+    @param records: a non-empty sequence of L{Record}.
+    @return: C{(section, first timestamp, max timestamp)}; the section is
+        L{bytes}.
+    @raise ValueError: for a record of an unknown origin.
+    """
     zz = encode_varint
     varints = _VARINTS
     origin_bytes = _ORIGIN_BYTES
@@ -281,20 +327,24 @@ def encode_batch(
             size += 1
         append(zz(size))
         parts.extend(body)
-    data = b"".join(parts)
-    attributes = 0
-    if compression == COMPRESSION_GZIP:
-        data = gzip.compress(data, mtime=0)
-        attributes = COMPRESSION_GZIP
-    elif compression != COMPRESSION_NONE:
-        raise UnsupportedCompression(
-            "cannot encode with compression {}".format(compression), compression
-        )
-    if transactional:
-        attributes |= TRANSACTIONAL
+    return b"".join(parts), first_ts, max_ts
+
+
+def _pack_batch(
+    data, attributes, count, first_ts, max_ts, base_offset=0,
+    producer_id=-1, producer_epoch=-1, base_sequence=-1, partition_leader_epoch=-1,
+):
+    """
+    A whole batch: the header, with its CRC-32C, before the records
+    section C{data} (compressed as C{attributes} say).
+
+    @param count: the number of records; the last offset delta is
+        C{count - 1}.
+    @rtype: L{bytes}
+    """
     tail = _TAIL.pack(
-        attributes, len(records) - 1, first_ts, max_ts,
-        producer_id, producer_epoch, base_sequence, len(records),
+        attributes, count - 1, first_ts, max_ts,
+        producer_id, producer_epoch, base_sequence, count,
     )
     crc = crc32c(data, crc32c(tail))
     prefix = _PREFIX.pack(
@@ -430,16 +480,121 @@ def _gunzip(data, limit):
     return b"".join(out)
 
 
+def _decompress_into(decompress_into, data, size):
+    """
+    Decompress C{data} into a fresh buffer of C{size} bytes.
+
+    A large buffer is an anonymous memory map: the system zeroes its pages
+    only when they are written, so a buffer as large as the bound costs no
+    more than what is decompressed into it.
+
+    @param decompress_into: a cramjam C{decompress_into} function, which
+        fails when the output does not fit.
+    @return: the decompressed L{bytes}.
+    @raise cramjam.DecompressionError: for bad data or more than C{size}
+        bytes of output.
+    """
+    if size <= _SMALL_OUTPUT:
+        out = bytearray(size)
+        return bytes(memoryview(out)[:decompress_into(data, out)])
+    with mmap.mmap(-1, size) as out:
+        return out[:decompress_into(data, out)]
+
+
+def _decompress_bounded(codec, data, limit):
+    """
+    Decompress an LZ4 or zstd stream (a frame, as Kafka producers write
+    it) of at most C{limit} bytes.
+
+    Neither frame has to announce its decompressed size, so a buffer of a
+    likely size is tried first, then one of C{limit} bytes.
+
+    @param codec: L{COMPRESSION_LZ4} or L{COMPRESSION_ZSTD}.
+    @rtype: L{bytes}
+    @raise InvalidBatch: for bad data or more than C{limit} bytes.
+    """
+    decompress_into = (cramjam.lz4 if codec == COMPRESSION_LZ4 else cramjam.zstd).decompress_into
+    size = min(limit, max(_FIRST_OUTPUT, _FIRST_RATIO * len(data)))
+    while True:
+        try:
+            return _decompress_into(decompress_into, data, size)
+        except cramjam.DecompressionError:
+            if size >= limit:
+                raise InvalidBatch(
+                    "bad {} data or more than {} bytes decompressed".format(
+                        _CODEC_NAMES[codec], limit
+                    )
+                ) from None
+            size = limit
+
+
+def _xerial_blocks(data):
+    """
+    The raw snappy blocks of a stream in the xerial framing.
+
+    @param data: a L{memoryview} of the stream, magic included.
+    @return: a list of L{memoryview}s.
+    @raise InvalidBatch: when the framing is truncated.
+    """
+    blocks = []
+    pos = _XERIAL_HEADER_SIZE
+    end = len(data)
+    if end < pos:
+        raise InvalidBatch("truncated snappy stream header")
+    while pos < end:
+        if end - pos < _LENGTH.size:
+            raise InvalidBatch("truncated snappy block length")
+        (length,) = _LENGTH.unpack_from(data, pos)
+        pos += _LENGTH.size
+        if length < 0 or length > end - pos:
+            raise InvalidBatch("bad snappy block length {}".format(length))
+        blocks.append(data[pos:pos + length])
+        pos += length
+    return blocks
+
+
+def _unsnappy(data, limit):
+    """
+    Decompress a snappy stream of at most C{limit} bytes: raw snappy, or
+    the xerial framing (detected by its magic).
+
+    Every raw block announces its decompressed length, which is checked
+    before anything is decompressed.
+
+    @param data: a L{memoryview}.
+    @rtype: L{bytes}
+    @raise InvalidBatch: for bad data or more than C{limit} bytes.
+    """
+    blocks = _xerial_blocks(data) if data[:len(_XERIAL_MAGIC)] == _XERIAL_MAGIC else (data,)
+    snappy = cramjam.snappy
+    try:
+        sizes = [snappy.decompress_raw_len(block) for block in blocks]
+        if sum(sizes) > limit:
+            raise InvalidBatch("snappy data of more than {} bytes".format(limit))
+        parts = [
+            _decompress_into(snappy.decompress_raw_into, block, size)
+            for block, size in zip(blocks, sizes)
+        ]
+    except cramjam.DecompressionError as e:
+        raise InvalidBatch("bad snappy data: {}".format(e)) from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def decode_batch(buf, offset=0):
     """
-    Decode the batch at C{offset} of C{buf} (uncompressed or gzip) into its
-    records; the CRC is not checked here (see L{validate_batch}).
+    Decode the batch at C{offset} of C{buf} into its records; the CRC is
+    not checked here (see L{validate_batch}).
+
+    The batch may be uncompressed or compressed with gzip, snappy (raw or
+    xerial-framed), LZ4 or zstd; its records section may decompress to at
+    most L{MAX_DECOMPRESSED_BYTES}.
 
     Records of a LogAppendTime batch get the batch's max timestamp.
 
     @return: a list of C{(offset, Record)}.
-    @raise InvalidBatch: when the bytes do not hold a valid batch.
-    @raise UnsupportedCompression: for snappy, lz4 and zstd.
+    @raise InvalidBatch: when the bytes do not hold a valid batch, the
+        compressed data is bad or decompresses to more than the bound.
+    @raise UnsupportedCompression: for a compression code above 4.
     """
     info = batch_info(buf, offset)
     if info.magic != MAGIC:
@@ -460,10 +615,16 @@ def decode_batch(buf, offset=0):
         except zlib.error as e:
             raise InvalidBatch("bad gzip data: {}".format(e)) from None
         pos, stop = 0, len(data)
-    else:
-        raise UnsupportedCompression(
-            "{} compression is not supported".format(_CODEC_NAMES.get(codec, codec)), codec
+    elif codec == COMPRESSION_SNAPPY:
+        data = _unsnappy(memoryview(buf)[offset + HEADER_SIZE:end], MAX_DECOMPRESSED_BYTES)
+        pos, stop = 0, len(data)
+    elif codec <= COMPRESSION_ZSTD:
+        data = _decompress_bounded(
+            codec, memoryview(buf)[offset + HEADER_SIZE:end], MAX_DECOMPRESSED_BYTES
         )
+        pos, stop = 0, len(data)
+    else:
+        raise UnsupportedCompression("unknown compression codec {}".format(codec), codec)
     count = info.record_count
     if count < 0 or count > stop - pos:
         raise InvalidBatch("bad record count {}".format(count))

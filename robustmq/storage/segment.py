@@ -282,6 +282,13 @@ class SegmentShard(ShardBase):
     def size_bytes(self):
         return sum(s.size for s in self.segments)
 
+    def largest_timestamp(self):
+        """
+        The largest batch max timestamp of the segments still read, or -1.
+        """
+        start = self.log_start
+        return max((s.max_ts for s in self.segments if s.next_offset > start), default=-1)
+
 
 def _scan(fd, segment, pos, size, interval):
     """
