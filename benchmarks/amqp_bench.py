@@ -31,6 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from procstat import cpu_times, free_port, stat_fields  # noqa: E402
 from robustmq.amqp import codec  # noqa: E402
 
 _HEAD = struct.Struct(">BHI")
@@ -202,21 +203,18 @@ def _tree_cpu(root_pid):
     """
     CPU seconds (user + system) of a process and its descendants.
     """
-    tick = os.sysconf("SC_CLK_TCK")
     parents = {}
     cpu = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % name) as f:
-                stat = f.read()
+            fields = stat_fields(name)
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
         pid = int(name)
         parents[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+        cpu[pid] = sum(cpu_times(pid, fields))
     total = 0.0
     for pid, seconds in cpu.items():
         p = pid
@@ -225,14 +223,6 @@ def _tree_cpu(root_pid):
         if p == root_pid:
             total += seconds
     return total
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def wait_for_amqp(port, proc, timeout=60):

@@ -64,25 +64,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid):
-    """
-    C{(user, system)} CPU seconds of process C{pid}.
-    """
-    with open("/proc/{}/stat".format(pid)) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from procstat import ROOT, cpu_times, free_port
 
 
 def wait_port(port, timeout=30):
@@ -100,8 +82,8 @@ def storage_reference(records, size, batch_records, rate):
     """
     CPU seconds per MB of record values of the segment driver appending
     C{records} records of C{size} bytes as Kafka record batches of
-    C{batch_records} records (the fsync on close included), about 1 MB per
-    reactor turn, at C{rate} MB of values per second (0: as fast as it
+    C{batch_records} records (the fsync on close included), in the reactor
+    turns of the storage benchmark (at most 1 MiB each), at C{rate} MB of values per second (0: as fast as it
     can), in this process; run it in a child process, it runs the global
     reactor.
 
@@ -110,7 +92,8 @@ def storage_reference(records, size, batch_records, rate):
     """
     from twisted.internet import defer, reactor, task
 
-    sys.path.insert(0, ROOT)
+    from storage_bench import turns
+
     from robustmq.storage.manager import StorageDriverManager
     from robustmq.storage.record import Record, encode_batch
     from robustmq.storage.testing import storage_config
@@ -120,7 +103,6 @@ def storage_reference(records, size, batch_records, rate):
         Record(None, value, (), 1700000000000 + i, "kafka") for i in range(batch_records)
     ])
     count = max(1, records // batch_records)
-    per_turn = max(1, (1 << 20) // len(batch))
     result = []
 
     @defer.inlineCallbacks
@@ -135,14 +117,12 @@ def storage_reference(records, size, batch_records, rate):
             manager.create_shard("kafka/reference/0")
             usage0 = resource.getrusage(resource.RUSAGE_SELF)
             start = time.monotonic()
-            done = 0
-            while done < count:
-                n = min(per_turn, count - done)
+            for first, done in turns(count, len(batch)):
                 yield defer.gatherResults(
-                    [manager.append_batch("kafka/reference/0", batch) for _ in range(n)],
+                    [manager.append_batch("kafka/reference/0", batch)
+                     for _ in range(done - first)],
                     consumeErrors=True,
                 )
-                done += n
                 if rate:
                     delay = start + done * batch_records * size / (rate * 1e6) - time.monotonic()
                     if delay > 0:
@@ -323,19 +303,19 @@ def run(name, proc, port, args):
     for round_ in (1, 2):
         topic = "bench-{}".format(round_)
         create_topic(bootstrap, topic, args.partitions)
-        before = cpu_seconds(proc.pid)
+        before = cpu_times(proc.pid)
         elapsed = produce(bootstrap, topic, args.records, args.size)
-        after = cpu_seconds(proc.pid)
+        after = cpu_times(proc.pid)
         paced = measure_reference(args, mb / elapsed)
         reference = (measure_reference(args, 0, runs=2), paced)
         rows.append((name, "produce{}".format(round_), args.records / elapsed, mb / elapsed,
                      after[0] - before[0], after[1] - before[1], reference))
         if round_ == 1:
             delete_topic(bootstrap, topic)
-    before = cpu_seconds(proc.pid)
+    before = cpu_times(proc.pid)
     elapsed = consume(bootstrap, topic, args.partitions, args.records,
                       args.fetch_queue_backoff_ms)
-    after = cpu_seconds(proc.pid)
+    after = cpu_times(proc.pid)
     rows.append((name, "consume", args.records / elapsed, mb / elapsed,
                  after[0] - before[0], after[1] - before[1], reference))
     return rows

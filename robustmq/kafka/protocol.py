@@ -153,20 +153,18 @@ class KafkaProtocol(FramedProtocol):
         if self.raw_sasl:
             self.raw_sasl_received(bytes(buf[start + 4:end]))
             return
-        view = memoryview(buf)
+        # Decoded from a view: the record batches of a Produce stay views of
+        # the receive buffer, which is never changed once it held a frame.
         try:
-            header, body = codec.decode_request(view, start + 4, end, trailing_ok=True)
+            header, body = codec.decode_request(
+                memoryview(buf), start + 4, end, trailing_ok=True)
         except codec.UnsupportedVersion as e:
-            view.release()
             self.unsupported(e)
             return
         except codec.KafkaCodecError as e:
-            view.release()
             api_key, version = struct.unpack_from(">hh", buf, start + 4)
             raise FrameError("malformed {} v{} request: {}".format(
                 codec.api_name(api_key), version, e)) from None
-        # The record batches of a Produce stay views of the receive buffer,
-        # which is never changed once it held a frame.
         api_key = header["request_api_key"]
         version = header["request_api_version"]
         correlation_id = header["correlation_id"]

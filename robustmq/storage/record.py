@@ -78,8 +78,6 @@ TIMESTAMP_LOG_APPEND_TIME = 0x08
 TRANSACTIONAL = 0x10
 CONTROL = 0x20
 
-_CODEC_NAMES = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
-
 #: Upper bound of the records of one decompressed batch.
 MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
 
@@ -513,7 +511,8 @@ def _decompress_bounded(codec, data, limit):
     @rtype: L{bytes}
     @raise InvalidBatch: for bad data or more than C{limit} bytes.
     """
-    decompress_into = (cramjam.lz4 if codec == COMPRESSION_LZ4 else cramjam.zstd).decompress_into
+    name = "lz4" if codec == COMPRESSION_LZ4 else "zstd"
+    decompress_into = getattr(cramjam, name).decompress_into
     size = min(limit, max(_FIRST_OUTPUT, _FIRST_RATIO * len(data)))
     while True:
         try:
@@ -521,9 +520,7 @@ def _decompress_bounded(codec, data, limit):
         except cramjam.DecompressionError:
             if size >= limit:
                 raise InvalidBatch(
-                    "bad {} data or more than {} bytes decompressed".format(
-                        _CODEC_NAMES[codec], limit
-                    )
+                    "bad {} data or more than {} bytes decompressed".format(name, limit)
                 ) from None
             size = limit
 
