@@ -136,9 +136,11 @@ class ConnectionTests(_PikaCase):
     @inlineCallbacks
     def test_hard_errors(self):
         """
-        prefetch_size (540 NOT_IMPLEMENTED) and a channel over channel_max
-        (504 CHANNEL_ERROR) close the connection; other connections are
-        untouched.
+        prefetch_size (540 NOT_IMPLEMENTED) and one channel more than
+        channel_max open (530 NOT_ALLOWED, as from RabbitMQ) close the
+        connection; other connections are untouched. channel_max limits the
+        number of open channels (pika), not the channel number: 65535 is
+        fine.
         """
         def scenario(port):
             out = []
@@ -151,17 +153,25 @@ class ConnectionTests(_PikaCase):
             except ConnectionClosedByBroker as e:
                 out.append((e.reply_code, e.reply_text))
             conn = connect(port, channel_max=100)
+            high = conn.channel(channel_number=65535)
+            high.queue_declare("high-channel")
+            for number in range(1, 100):
+                conn.channel(channel_number=number)
             try:
-                conn.channel(channel_number=101)
+                conn.channel(channel_number=1000)
             except ConnectionClosedByBroker as e:
-                out.append(e.reply_code)
+                out.append((e.reply_code, e.reply_text))
             bch.basic_publish("", "still-here", b"ok")
             out.append(get_all(bch, "still-here"))
             bystander.close()
             return out
 
         out = yield self.in_thread(scenario, self.port)
-        self.assertEqual(out, [(540, "NOT_IMPLEMENTED - prefetch_size!=0 (10)"), 504, [b"ok"]])
+        self.assertEqual(out, [
+            (540, "NOT_IMPLEMENTED - prefetch_size!=0 (10)"),
+            (530, "NOT_ALLOWED - number of channels opened (100) has reached the negotiated"
+                  " channel_max (100)"),
+            [b"ok"]])
 
     @inlineCallbacks
     def test_bad_frames_on_the_wire(self):

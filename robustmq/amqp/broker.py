@@ -373,10 +373,7 @@ class Broker:
         if q is None:
             raise codec.NotFound("no queue '%s' in vhost '%s'" % (name, vhost.name))
         if q.owner is not None and conn is not None and q.owner is not conn:
-            raise codec.ResourceLocked(
-                "cannot obtain exclusive access to locked queue '%s' in vhost '%s'. It could be"
-                " originally declared on another connection or the exclusive property value"
-                " does not match that of the original declaration." % (name, vhost.name))
+            raise _locked(q)
         return q
 
     def declare_queue(self, vhost, name, passive=False, durable=False, exclusive=False,
@@ -393,10 +390,13 @@ class Broker:
         q = vhost.queues.get(name)
         if q is not None:
             self.queue(vhost, name, conn)
+            if exclusive != q.exclusive:
+                # RabbitMQ: a different exclusivity, even from the owning
+                # connection, is a lock conflict, not an inequivalent arg.
+                raise _locked(q)
             what = "queue '%s' in vhost '%s'" % (name, vhost.name)
             for arg, got, have in (
-                ("durable", durable, q.durable), ("exclusive", exclusive, q.exclusive),
-                ("auto_delete", auto_delete, q.auto_delete),
+                ("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete),
             ):
                 if got != have:
                     raise codec.PreconditionFailed(
@@ -455,9 +455,11 @@ class Broker:
             del vhost.queues[q.name]
         for binding in list(q.bindings):
             self._remove_binding(binding)
-        for consumer in list(q.consumers):
+        # Each channel tells its consumers in consumer-tag order (RabbitMQ).
+        for consumer in sorted(q.consumers, key=_tag_of):
             consumer.channel.consumer_gone(consumer, notify)
         q.consumers = []
+        q.groups = []
         q.ready.clear()
         q.ready_bytes = 0
         if q.store is not None:
@@ -612,6 +614,17 @@ class Broker:
             for q in vhost.queues.values():
                 q.stop_timers()
         return d
+
+
+def _tag_of(consumer):
+    return consumer.tag
+
+
+def _locked(q):
+    return codec.ResourceLocked(
+        "cannot obtain exclusive access to locked queue '%s' in vhost '%s'. It could be"
+        " originally declared on another connection or the exclusive property value"
+        " does not match that of the original declaration." % (q.name, q.vhost.name))
 
 
 def _death_field(death, name):

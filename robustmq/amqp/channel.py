@@ -72,6 +72,7 @@ class Channel:
         self.confirm_nacks = set()
         self.tx = None
         self.last_queue = ""
+        self.held_cancels = None
 
     # output
 
@@ -156,7 +157,10 @@ class Channel:
             del self.consumers[consumer.tag]
             consumer.cancelled = True
             if notify and self.open and self.conn.capabilities.get("consumer_cancel_notify"):
-                self.send(codec.BasicCancel(consumer.tag, False))
+                if self.held_cancels is not None:
+                    self.held_cancels.append(consumer.tag)
+                else:
+                    self.send(codec.BasicCancel(consumer.tag, True))
 
     # methods
 
@@ -253,8 +257,14 @@ class Channel:
             self.send(codec.QueueBindOk())
 
     def on_queue_unbind(self, m):
-        q = self._queue(m.queue)
-        self.broker.unbind(self.vhost, m.exchange, q, m.routing_key, m.arguments)
+        # Unbinding a queue that does not exist (any more) is not an error
+        # in RabbitMQ: RPC clients delete a reply queue, then unbind it.
+        name = self._queue_name(m.queue)
+        if name in self.vhost.queues:
+            q = self._queue(name)
+            self.broker.unbind(self.vhost, m.exchange, q, m.routing_key, m.arguments)
+        elif not m.exchange:
+            raise codec.AccessRefused("operation not permitted on the default exchange")
         self.send(codec.QueueUnbindOk())
 
     def on_queue_purge(self, m):
@@ -267,12 +277,22 @@ class Channel:
         name = self._queue_name(m.queue)
         q = self.vhost.queues.get(name)
         count = 0
+        held = []
         if q is not None:
             self.broker.queue(self.vhost, name, self.conn)
-            count = self.broker.delete_queue(q, m.if_unused, m.if_empty)
+            # This channel's own consumers of the queue hear of it after
+            # delete-ok, as from RabbitMQ (where the notification follows
+            # the queue's end).
+            self.held_cancels = held
+            try:
+                count = self.broker.delete_queue(q, m.if_unused, m.if_empty)
+            finally:
+                self.held_cancels = None
             self.conn.exclusive_queues.pop(id(q), None)
         if not m.nowait:
             self.send(codec.QueueDeleteOk(count))
+        for tag in held:
+            self.send(codec.BasicCancel(tag, True))
 
     # basic
 
@@ -297,8 +317,13 @@ class Channel:
         if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
             raise codec.AccessRefused("queue '%s' in vhost '%s' in exclusive use"
                                       % (q.name, self.vhost.name))
+        priority = (m.arguments or {}).get("x-priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise codec.PreconditionFailed(
+                "invalid arg 'x-priority' for queue '%s' in vhost '%s': %r"
+                % (q.name, self.vhost.name, priority))
         consumer = Consumer(self, tag, q, m.no_ack, m.exclusive, self.consumer_limit,
-                            m.arguments)
+                            m.arguments, priority)
         self.consumers[tag] = consumer
         if not m.nowait:
             self.send(codec.BasicConsumeOk(tag))

@@ -46,7 +46,7 @@ CAPABILITIES = {
     "connection.blocked": True,
     "authentication_failure_close": True,
     "per_consumer_qos": True,
-    "consumer_priorities": False,
+    "consumer_priorities": True,
     "direct_reply_to": False,
 }
 
@@ -378,18 +378,23 @@ class AmqpProtocol(FramedProtocol):
         ch = self.channels.get(number)
         if ch is None:
             if number in self.closing_channels:
+                # The server closed this channel and waits for close-ok;
+                # everything else is dropped. A client channel.close that
+                # crossed ours is answered, and our close-ok may still
+                # come (or a channel.open that reuses the number).
                 if isinstance(method, codec.ChannelCloseOk):
                     self.closing_channels.discard(number)
                 elif isinstance(method, codec.ChannelClose):
                     self.send_method(number, codec.ChannelCloseOk())
+                elif isinstance(method, codec.ChannelOpen):
                     self.closing_channels.discard(number)
+                    self._open_channel(number)
                 return
             if isinstance(method, codec.ChannelOpen):
-                if number > self.channel_max:
-                    raise codec.ChannelError("channel %d over channel_max %d"
-                                             % (number, self.channel_max), 20, 10)
-                self.channels[number] = Channel(self, number)
-                self.send_method(number, codec.ChannelOpenOk(b""))
+                self._open_channel(number)
+                return
+            if isinstance(method, codec.ChannelCloseOk):
+                # A close-ok after the crossing close above was answered.
                 return
             raise codec.ChannelError("expected 'channel.open'", method.class_id,
                                      method.method_id)
@@ -409,6 +414,14 @@ class AmqpProtocol(FramedProtocol):
             raise codec.ChannelError("second 'channel.open' seen", 20, 10)
         else:
             ch.handle(method)
+
+    def _open_channel(self, number):
+        if len(self.channels) >= self.channel_max:
+            raise codec.NotAllowed(
+                "number of channels opened (%d) has reached the negotiated channel_max (%d)"
+                % (len(self.channels), self.channel_max), 20, 10)
+        self.channels[number] = Channel(self, number)
+        self.send_method(number, codec.ChannelOpenOk(b""))
 
     def _close_channel(self, ch):
         self.channels.pop(ch.number, None)
@@ -527,8 +540,8 @@ class AmqpProtocol(FramedProtocol):
         elif isinstance(method, (codec.ConnectionBlocked, codec.ConnectionUnblocked)):
             pass
         else:
-            raise codec.CommandInvalid("unexpected method %s on channel 0" % (method.name,),
-                                       method.class_id, method.method_id)
+            raise codec.ChannelError("unexpected method %s on channel 0" % (method.name,),
+                                     method.class_id, method.method_id)
 
     # blocking publishers
 

@@ -176,6 +176,23 @@ def _seq_of(entry):
     return entry.seq
 
 
+def _merge_front(ready, entries):
+    """
+    Put C{entries} (in queue order) back at the head of the C{deque}
+    C{ready}, each at its original place as far as possible: before the
+    ready entries published after it.
+    """
+    if not entries:
+        return
+    if ready and ready[0].seq < entries[-1].seq:
+        last = entries[-1].seq
+        older = []
+        while ready and ready[0].seq < last:
+            older.append(ready.popleft())
+        entries = sorted(entries + older, key=_seq_of)
+    ready.extendleft(reversed(entries))
+
+
 class PriorityReady:
     """
     The ready entries of a priority queue: one FIFO per priority level, the
@@ -187,11 +204,12 @@ class PriorityReady:
         self.levels = [deque() for _ in range(max_priority + 1)]
         self.count = 0
 
-    def _level(self, entry):
+    def _index(self, entry):
         p = entry.msg.priority or 0
-        if p > self.max_priority:
-            p = self.max_priority
-        return self.levels[p]
+        return p if p <= self.max_priority else self.max_priority
+
+    def _level(self, entry):
+        return self.levels[self._index(entry)]
 
     def append(self, entry):
         self._level(entry).append(entry)
@@ -201,9 +219,17 @@ class PriorityReady:
         self._level(entry).appendleft(entry)
         self.count += 1
 
-    def extendleft(self, entries):
+    def requeue(self, entries):
+        """
+        Put C{entries} (in queue order) back, each at its original place
+        among the entries of its priority.
+        """
+        by_level = {}
         for entry in entries:
-            self.appendleft(entry)
+            by_level.setdefault(self._index(entry), []).append(entry)
+        for index, some in by_level.items():
+            _merge_front(self.levels[index], some)
+        self.count += len(entries)
 
     def popleft(self):
         for level in reversed(self.levels):
@@ -249,12 +275,14 @@ class Consumer:
 
     @ivar limit: prefetch count of this consumer (0: none).
     @ivar unacked: deliveries not yet acknowledged.
+    @ivar priority: its C{x-priority}: consumers of a higher priority are
+        served first while they have room.
     """
 
     __slots__ = ("channel", "tag", "tag_bytes", "queue", "no_ack", "exclusive", "limit",
-                 "unacked", "arguments", "cancelled")
+                 "unacked", "arguments", "cancelled", "priority")
 
-    def __init__(self, channel, tag, queue, no_ack, exclusive, limit, arguments):
+    def __init__(self, channel, tag, queue, no_ack, exclusive, limit, arguments, priority=0):
         self.channel = channel
         self.tag = tag
         self.tag_bytes = _shortstr(tag)
@@ -265,6 +293,7 @@ class Consumer:
         self.unacked = 0
         self.arguments = arguments
         self.cancelled = False
+        self.priority = priority
 
 
 def _int_argument(queue, arguments, name, minimum=0):
@@ -317,7 +346,8 @@ class Queue:
         self.arguments = arguments or {}
         self.owner = owner
         self.consumers = []
-        self._rr = 0
+        self.groups = []
+        self._rr = []
         self.unacked = 0
         self.ready_bytes = 0
         self.seq = 0
@@ -368,8 +398,10 @@ class Queue:
         """
         Enqueue C{msg}.
 
-        @param channel: with C{seq}, the publishing channel in confirm or
-            transaction mode, told when a stored message is on disk.
+        @param channel: with C{seq}, the publishing channel in confirm mode
+            and the publish's confirm sequence number on it: told when a
+            stored message is on disk. (The entry's own C{seq} is the
+            queue's order, a different counter.)
         @return: L{ACCEPTED}, L{PENDING} (a confirm waits for storage) or
             L{REJECTED} (overflow C{reject-publish}).
         """
@@ -384,8 +416,8 @@ class Queue:
         exp = msg.expiration
         if exp is not None and (ttl is None or exp < ttl):
             ttl = exp
-        seq = self.seq = self.seq + 1
-        entry = Entry(msg, None if ttl is None else now + ttl / 1000.0, seq)
+        order = self.seq = self.seq + 1
+        entry = Entry(msg, None if ttl is None else now + ttl / 1000.0, order)
         status = ACCEPTED
         store = self.store
         if store is not None and msg.persistent:
@@ -432,26 +464,33 @@ class Queue:
         self._dispatching = True
         try:
             ready = self.ready
-            consumers = self.consumers
+            groups = self.groups
+            rrs = self._rr
             if self.ttl_ms is not None or self._ttl_due is not None:
                 self.expire(self.broker.now())
-            while ready and consumers:
-                n = len(consumers)
-                rr = self._rr
-                for i in range(n):
-                    c = consumers[(rr + i) % n]
-                    ch = c.channel
-                    if not ch.deliverable:
+            while ready:
+                # The highest priority group with a consumer that has
+                # room, round-robin within the group.
+                for g, consumers in enumerate(groups):
+                    n = len(consumers)
+                    rr = rrs[g]
+                    for i in range(n):
+                        c = consumers[(rr + i) % n]
+                        ch = c.channel
+                        if not ch.deliverable:
+                            continue
+                        if not c.no_ack and (
+                            (c.limit and c.unacked >= c.limit)
+                            or (ch.global_limit and ch.unacked_count >= ch.global_limit)
+                        ):
+                            continue
+                        entry = ready.popleft()
+                        self.ready_bytes -= entry.size
+                        rrs[g] = rr + i + 1
+                        ch.deliver(c, entry, self)
+                        break
+                    else:
                         continue
-                    if not c.no_ack and (
-                        (c.limit and c.unacked >= c.limit)
-                        or (ch.global_limit and ch.unacked_count >= ch.global_limit)
-                    ):
-                        continue
-                    entry = ready.popleft()
-                    self.ready_bytes -= entry.size
-                    self._rr = rr + i + 1
-                    ch.deliver(c, entry, self)
                     break
                 else:
                     break
@@ -470,8 +509,23 @@ class Queue:
         self.ready_bytes -= entry.size
         return entry
 
+    def _regroup(self):
+        """
+        Group the consumers by priority, the highest first.
+        """
+        consumers = self.consumers
+        priorities = sorted({c.priority for c in consumers}, reverse=True)
+        if len(priorities) <= 1:
+            groups = [consumers] if consumers else []
+        else:
+            groups = [[c for c in consumers if c.priority == p] for p in priorities]
+        if len(groups) != len(self._rr) or len(groups) > 1:
+            self._rr = [0] * len(groups)
+        self.groups = groups
+
     def add_consumer(self, consumer):
         self.consumers.append(consumer)
+        self._regroup()
         self.had_consumers = True
         self.cancel_expiry()
         self.dispatch()
@@ -485,6 +539,7 @@ class Queue:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        self._regroup()
         if not self.consumers:
             if self.auto_delete and self.had_consumers and not self.deleted:
                 self.broker.delete_queue(self, notify=False)
@@ -516,14 +571,11 @@ class Queue:
             self.ready_bytes += entry.size
         if len(entries) > 1:
             entries = sorted(entries, key=_seq_of)
-        if ready and ready.__class__ is deque and ready[0].seq < entries[-1].seq:
-            # Back to their original places, as far as possible.
-            last = entries[-1].seq
-            older = []
-            while ready and ready[0].seq < last:
-                older.append(ready.popleft())
-            entries = sorted(entries + older, key=_seq_of)
-        ready.extendleft(reversed(entries))
+        # Back to their original places, as far as possible.
+        if ready.__class__ is deque:
+            _merge_front(ready, entries)
+        else:
+            ready.requeue(entries)
         self.dispatch()
 
     def discard(self, entry, reason, now):

@@ -98,9 +98,13 @@ class QueueLog:
         The queue is deleted: delete both shards.
         """
         self.closed = True
-        self.pending = []
+        # Publishes still waiting for this queue are confirmed at the next
+        # flush (as RabbitMQ confirms messages of a deleted queue).
+        self.pending = [p for p in self.pending if p[1] is not None]
         self.acks = []
         self.live.clear()
+        if self.pending:
+            self.broker.log_dirty(self)
         for name in (self.shard, self.ack_shard):
             if self.storage.has_shard(name):
                 self.storage.delete_shard(name).addErrback(self._failed, "delete " + name)
