@@ -355,19 +355,23 @@ class RawChannelTests(TestCase):
         self.assertEqual([type(m) for m in got], [codec.ChannelOpenOk, codec.BasicQosOk])
         self.assertFalse(proto.closing)
 
-    def test_crossing_close_then_reopen(self):
+    def test_reopen_before_close_ok(self):
         """
-        A client that reopens the channel right after the crossing closes
-        (without a close-ok of its own) gets its channel.
+        Reopening a channel the server closed before sending close-ok (after
+        a crossing close too) is 504 CHANNEL_ERROR, as from RabbitMQ 3.10; a
+        close-ok for a channel never opened is 504 too.
         """
+        for close in (b"", codec.encode_method(1, codec.ChannelClose(200, "bye", 0, 0))):
+            proto, transport = self.opened()
+            self.feed(proto, transport, codec.encode_method(1, codec.QueueDeclare(
+                0, "missing", True, False, False, False, False, {})))
+            got = self.feed(proto, transport, close + open_channel(1))
+            self.assertEqual(got[-1], codec.ConnectionClose(
+                504, "CHANNEL_ERROR - second 'channel.open' seen", 20, 10))
         proto, transport = self.opened()
-        self.feed(proto, transport, codec.encode_method(1, codec.QueueDeclare(
-            0, "missing", True, False, False, False, False, {})))
-        got = self.feed(proto, transport, codec.encode_method(1, codec.ChannelClose(
-            200, "bye", 0, 0)) + open_channel(1) + codec.encode_method(
-            1, codec.BasicQos(0, 1, False)))
-        self.assertEqual([type(m) for m in got],
-                         [codec.ChannelCloseOk, codec.ChannelOpenOk, codec.BasicQosOk])
+        got = self.feed(proto, transport, codec.encode_method(5, codec.ChannelCloseOk()))
+        self.assertEqual(got, [codec.ConnectionClose(
+            504, "CHANNEL_ERROR - expected 'channel.open'", 20, 41)])
 
     def test_method_on_channel_zero(self):
         """
@@ -378,8 +382,9 @@ class RawChannelTests(TestCase):
                        codec.QueueDeclare(0, "q", False, False, False, False, False, {})):
             proto, transport = self.opened()
             got = self.feed(proto, transport, codec.encode_method(0, method))
-            closes = [m for m in got if isinstance(m, codec.ConnectionClose)]
-            self.assertEqual([c.reply_code for c in closes], [504], got)
+            self.assertEqual(got, [codec.ConnectionClose(
+                504, "CHANNEL_ERROR - unexpected method in connection state running",
+                method.class_id, method.method_id)])
 
     def test_channel_max_counts_open_channels(self):
         """
@@ -392,10 +397,9 @@ class RawChannelTests(TestCase):
             200, "", 0, 0)) + open_channel(65535))
         self.assertEqual([type(m) for m in got], [codec.ChannelCloseOk, codec.ChannelOpenOk])
         got = self.feed(proto, transport, open_channel(3))
-        closes = [m for m in got if isinstance(m, codec.ConnectionClose)]
-        self.assertEqual([(c.reply_code, c.reply_text) for c in closes], [(
+        self.assertEqual(got, [codec.ConnectionClose(
             530, "NOT_ALLOWED - number of channels opened (2) has reached the negotiated"
-                 " channel_max (2)")])
+                 " channel_max (2)", 0, 0)])
 
     def test_delete_queue_cancel_order(self):
         """
@@ -515,7 +519,7 @@ class ConsumerPriorityTests(_PikaCase):
                 pump(conn, 0.2)
                 bad = None
             except ChannelClosedByBroker as e:
-                bad = e.reply_code
+                bad = (e.reply_code, e.reply_text)
             pub.close()
             conn.close()
             return caps.get("consumer_priorities"), first, bad
@@ -523,4 +527,5 @@ class ConsumerPriorityTests(_PikaCase):
         cap, first, bad = yield self.in_thread(scenario, self.port)
         self.assertTrue(cap)
         self.assertEqual(first, {"high": [b"0", b"1"], "low": [b"2"]})
-        self.assertEqual(bad, 406)
+        self.assertEqual(bad, (406, "PRECONDITION_FAILED - invalid arg 'x-priority' for queue"
+                                    " 'cp' in vhost '/': \"expected integer, got longstr\""))

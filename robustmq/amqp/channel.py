@@ -320,8 +320,8 @@ class Channel:
         priority = (m.arguments or {}).get("x-priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise codec.PreconditionFailed(
-                "invalid arg 'x-priority' for queue '%s' in vhost '%s': %r"
-                % (q.name, self.vhost.name, priority))
+                "invalid arg 'x-priority' for queue '%s' in vhost '%s':"
+                " \"expected integer, got %s\"" % (q.name, self.vhost.name, _type_name(priority)))
         consumer = Consumer(self, tag, q, m.no_ack, m.exclusive, self.consumer_limit,
                             m.arguments, priority)
         self.consumers[tag] = consumer
@@ -655,6 +655,17 @@ class Channel:
                 for d in action[1]:
                     d.held = False
         self.send(codec.TxRollbackOk())
+
+
+def _type_name(value):
+    """
+    The AMQP field type of a decoded table value, as RabbitMQ names it.
+    """
+    for kind, name in ((bool, "bool"), (str, "longstr"), (bytes, "longstr"), (float, "double"),
+                       (dict, "table"), (list, "array"), (type(None), "void")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 class _GetConsumer:

@@ -379,22 +379,18 @@ class AmqpProtocol(FramedProtocol):
         if ch is None:
             if number in self.closing_channels:
                 # The server closed this channel and waits for close-ok;
-                # everything else is dropped. A client channel.close that
-                # crossed ours is answered, and our close-ok may still
-                # come (or a channel.open that reuses the number).
+                # other methods are dropped. A client channel.close that
+                # crossed ours is answered, and the client's close-ok for
+                # ours still ends the wait (as in RabbitMQ).
                 if isinstance(method, codec.ChannelCloseOk):
                     self.closing_channels.discard(number)
                 elif isinstance(method, codec.ChannelClose):
                     self.send_method(number, codec.ChannelCloseOk())
                 elif isinstance(method, codec.ChannelOpen):
-                    self.closing_channels.discard(number)
-                    self._open_channel(number)
+                    raise codec.ChannelError("second 'channel.open' seen", 20, 10)
                 return
             if isinstance(method, codec.ChannelOpen):
                 self._open_channel(number)
-                return
-            if isinstance(method, codec.ChannelCloseOk):
-                # A close-ok after the crossing close above was answered.
                 return
             raise codec.ChannelError("expected 'channel.open'", method.class_id,
                                      method.method_id)
@@ -419,7 +415,7 @@ class AmqpProtocol(FramedProtocol):
         if len(self.channels) >= self.channel_max:
             raise codec.NotAllowed(
                 "number of channels opened (%d) has reached the negotiated channel_max (%d)"
-                % (len(self.channels), self.channel_max), 20, 10)
+                % (len(self.channels), self.channel_max))
         self.channels[number] = Channel(self, number)
         self.send_method(number, codec.ChannelOpenOk(b""))
 
@@ -540,7 +536,7 @@ class AmqpProtocol(FramedProtocol):
         elif isinstance(method, (codec.ConnectionBlocked, codec.ConnectionUnblocked)):
             pass
         else:
-            raise codec.ChannelError("unexpected method %s on channel 0" % (method.name,),
+            raise codec.ChannelError("unexpected method in connection state running",
                                      method.class_id, method.method_id)
 
     # blocking publishers
