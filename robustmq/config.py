@@ -25,6 +25,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import sys
 import textwrap
 import tomllib
@@ -1060,6 +1061,41 @@ class AclRule:
     )
 
 
+def _regex_problem(text):
+    try:
+        re.compile(text)
+    except re.error as e:
+        return f"not a regular expression: {e}"
+    return None
+
+
+@frozen(kw_only=True)
+class AmqpPermission:
+    """
+    One C{[[security.amqp_permissions]]} entry: what a user may do in an
+    AMQP virtual host, as RabbitMQ's C{set_permissions}: regular
+    expressions on queue and exchange names ("" matches nothing).
+    """
+
+    user: str = setting(String(non_empty=True), "Required: the user name.")
+    vhost: str = setting(String(non_empty=True), "Required: the virtual host.")
+    configure: str = setting(
+        String(check=_regex_problem, what="regular expression"),
+        "Names the user may declare and delete (queues, exchanges).",
+        "",
+    )
+    write: str = setting(
+        String(check=_regex_problem, what="regular expression"),
+        "Names the user may publish to (exchanges) and bind to (queues, exchanges).",
+        "",
+    )
+    read: str = setting(
+        String(check=_regex_problem, what="regular expression"),
+        "Names the user may consume, get and purge (queues) and bind from (exchanges).",
+        "",
+    )
+
+
 @frozen(kw_only=True)
 class SecurityConfig:
     """
@@ -1091,8 +1127,21 @@ class SecurityConfig:
     )
     amqp_loopback_users: tuple = setting(
         Array(String(non_empty=True)),
-        "AMQP users accepted only from a loopback address.",
+        "AMQP users accepted only from 127.0.0.1 or ::1.",
         ("guest",),
+    )
+    amqp_permissions: tuple = setting(
+        TableArray(
+            AmqpPermission,
+            example=(
+                {"user": "alice", "vhost": "/", "configure": "^alice\\.", "write": ".*",
+                 "read": ".*"},
+            ),
+        ),
+        "AMQP permissions per user and vhost; none = every user may do everything in every"
+        " vhost. With entries, a user may open only the vhosts it has an entry for"
+        " (amqp_default_user keeps full permissions on \"/\" unless it has entries).",
+        (),
     )
     acl: tuple = setting(
         TableArray(

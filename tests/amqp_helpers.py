@@ -43,10 +43,17 @@ class BrokerCase(TestCase):
     timeout = 60
     amqp = None
 
+    def extra_config(self):
+        """
+        Other sections of the config: C{{section: {key: value}}}.
+        """
+        return {}
+
     @inlineCallbacks
     def setUp(self):
         self.data_dir = self.mktemp()
-        self.broker = BrokerServer(amqp_config(self.data_dir, self.amqp), reactor=reactor)
+        self.broker = BrokerServer(amqp_config(self.data_dir, self.amqp, **self.extra_config()),
+                                   reactor=reactor)
         self.broker.privilegedStartService()
         self.broker.startService()
         self.addCleanup(self._stop)

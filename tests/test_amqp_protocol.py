@@ -61,9 +61,9 @@ class Harness:
     L{StringTransport}s.
     """
 
-    def __init__(self, users=None, amqp=None):
+    def __init__(self, users=None, amqp=None, security=None):
         self.reactor = MemoryReactorClock()
-        config = parse_config({"amqp_runtime": amqp or {}})
+        config = parse_config({"amqp_runtime": amqp or {}, "security": security or {}})
         self.node = NodeCache(1, 0.0)
         self.connections = ConnectionManager(self.reactor, RateLimiter(self.reactor))
         self.metrics = Metrics(self.connections, self.node)

@@ -55,6 +55,7 @@ class Channel:
         self.number = number
         self.broker = conn.broker
         self.vhost = conn.vhost
+        self.grant = conn.grant
         self.open = True
         self.flow = True
         self.deliverable = not conn.output_paused
@@ -190,6 +191,15 @@ class Channel:
     # exchanges
 
     def on_exchange_declare(self, m):
+        grant = self.grant
+        if grant is not None and not m.passive:
+            grant.check("configure", "exchange", m.exchange)
+            alternate = (m.arguments or {}).get("alternate-exchange")
+            if isinstance(alternate, (str, bytes)):
+                if isinstance(alternate, bytes):
+                    alternate = alternate.decode("utf-8", "surrogateescape")
+                grant.check("write", "exchange", alternate)
+                grant.check("read", "exchange", m.exchange)
         self.broker.declare_exchange(
             self.vhost, m.exchange, m.type, m.passive, m.durable, m.auto_delete, m.internal,
             m.arguments,
@@ -198,11 +208,14 @@ class Channel:
             self.send(codec.ExchangeDeclareOk())
 
     def on_exchange_delete(self, m):
+        if self.grant is not None:
+            self.grant.check("configure", "exchange", m.exchange)
         self.broker.delete_exchange(self.vhost, m.exchange, m.if_unused)
         if not m.nowait:
             self.send(codec.ExchangeDeleteOk())
 
     def on_exchange_bind(self, m):
+        self._check_bind("exchange", m.destination, m.source)
         dest = self.broker.exchange(self.vhost, m.destination)
         if not m.destination:
             raise codec.AccessRefused("operation not permitted on the default exchange")
@@ -211,11 +224,18 @@ class Channel:
             self.send(codec.ExchangeBindOk())
 
     def on_exchange_unbind(self, m):
+        self._check_bind("exchange", m.destination, m.source)
         dest = self.vhost.exchanges.get(m.destination)
         if dest is not None:
             self.broker.unbind(self.vhost, m.source, dest, m.routing_key, m.arguments)
         if not m.nowait:
             self.send(codec.ExchangeUnbindOk())
+
+    def _check_bind(self, kind, destination, source):
+        grant = self.grant
+        if grant is not None:
+            grant.check("write", kind, destination)
+            grant.check("read", "exchange", source)
 
     # queues
 
@@ -229,6 +249,10 @@ class Channel:
     def _queue(self, name):
         return self.broker.queue(self.vhost, self._queue_name(name), self.conn)
 
+    def _check(self, what, queue):
+        if self.grant is not None:
+            self.grant.check(what, "queue", self._queue_name(queue))
+
     def on_queue_declare(self, m):
         name = m.queue
         broker = self.broker
@@ -237,6 +261,15 @@ class Channel:
             name = broker.server_name("amq.gen-")
         elif not name:
             name = self._queue_name(name)
+        grant = self.grant
+        if grant is not None and not m.passive:
+            grant.check("configure", "queue", name)
+            dlx = (m.arguments or {}).get("x-dead-letter-exchange")
+            if isinstance(dlx, (str, bytes)):
+                if isinstance(dlx, bytes):
+                    dlx = dlx.decode("utf-8", "surrogateescape")
+                grant.check("write", "exchange", dlx)
+                grant.check("read", "queue", name)
         q = broker.declare_queue(
             self.vhost, name, m.passive, m.durable, m.exclusive, m.auto_delete, m.arguments,
             self.conn, server_named,
@@ -248,6 +281,7 @@ class Channel:
             self.send(codec.QueueDeclareOk(name, len(q.ready), len(q.consumers)))
 
     def on_queue_bind(self, m):
+        self._check_bind("queue", self._queue_name(m.queue), m.exchange)
         q = self._queue(m.queue)
         routing_key = m.routing_key
         if not routing_key and not m.queue:
@@ -260,6 +294,7 @@ class Channel:
         # Unbinding a queue that does not exist (any more) is not an error
         # in RabbitMQ: RPC clients delete a reply queue, then unbind it.
         name = self._queue_name(m.queue)
+        self._check_bind("queue", name, m.exchange)
         if name in self.vhost.queues:
             q = self._queue(name)
             self.broker.unbind(self.vhost, m.exchange, q, m.routing_key, m.arguments)
@@ -268,6 +303,7 @@ class Channel:
         self.send(codec.QueueUnbindOk())
 
     def on_queue_purge(self, m):
+        self._check("read", m.queue)
         q = self._queue(m.queue)
         count = q.purge()
         if not m.nowait:
@@ -275,6 +311,8 @@ class Channel:
 
     def on_queue_delete(self, m):
         name = self._queue_name(m.queue)
+        if self.grant is not None:
+            self.grant.check("configure", "queue", name)
         q = self.vhost.queues.get(name)
         count = 0
         held = []
@@ -308,6 +346,7 @@ class Channel:
             consumer.queue.dispatch()
 
     def on_basic_consume(self, m):
+        self._check("read", m.queue)
         q = self._queue(m.queue)
         tag = m.consumer_tag
         if not tag:
@@ -343,6 +382,7 @@ class Channel:
         pass
 
     def on_basic_get(self, m):
+        self._check("read", m.queue)
         q = self._queue(m.queue)
         q.touch()
         entry = q.get(self.broker.now())
@@ -500,6 +540,12 @@ class Channel:
         """
         A whole message arrived (basic.publish, content header, body).
         """
+        if self.grant is not None:
+            try:
+                self.grant.check("write", "exchange", exchange)
+            except codec.AmqpError as e:
+                e.class_id, e.method_id = 60, 40
+                raise
         try:
             ex = self.vhost.exchanges[exchange]
         except KeyError:

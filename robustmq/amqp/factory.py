@@ -6,15 +6,25 @@ L{robustmq.amqp.broker.Broker} and how users log in.
 
 import ipaddress
 
+from robustmq.amqp.permissions import Permissions
 from robustmq.amqp.protocol import AmqpProtocol
 from robustmq.network.protocol import BrokerFactory
 
+_LOOPBACK = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+
 
 def is_loopback(host):
+    """
+    Whether C{host} is 127.0.0.1 or ::1 (IPv4-mapped too); other addresses
+    of 127.0.0.0/8 are not, so that a local proxy or container network
+    does not make remote clients look local.
+    """
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return host in ("localhost", "")
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address) in _LOOPBACK
 
 
 class AmqpFactory(BrokerFactory):
@@ -30,13 +40,14 @@ class AmqpFactory(BrokerFactory):
         BrokerFactory.__init__(self, params, listener)
         self.broker = broker
         self.watcher = watcher
+        self.permissions = Permissions.from_security(params.security)
 
     def check_login(self, user, password, peer_host):
         """
         Whether C{user} may log in from C{peer_host} with C{password}
-        (bytes): the default user of C{[security]} (loopback only when
-        listed in C{amqp_loopback_users}), or a user of the shared
-        authenticator.
+        (bytes): the default user of C{[security]} (while anonymous
+        clients are allowed), or a user of the shared authenticator; a
+        user of C{amqp_loopback_users} only from 127.0.0.1 or ::1.
         """
         security = self.params.security
         default_user = security.amqp_default_user
@@ -44,7 +55,7 @@ class AmqpFactory(BrokerFactory):
         loopback_users = security.amqp_loopback_users
         if user in loopback_users and not is_loopback(peer_host):
             return False
-        if default_user and user == default_user:
+        if default_user and user == default_user and security.allow_anonymous:
             return password == default_password.encode("utf-8")
         authenticator = self.params.authenticator
         return bool(authenticator.authenticate(user, password, peer_host))

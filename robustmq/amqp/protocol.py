@@ -81,6 +81,7 @@ class AmqpProtocol(FramedProtocol):
 
     state = HEADER
     vhost = None
+    grant = None
 
     def connectionMade(self):
         FramedProtocol.connectionMade(self)
@@ -333,6 +334,7 @@ class AmqpProtocol(FramedProtocol):
         vhost = self.broker.vhost(m.virtual_host)
         if vhost is None:
             raise codec.NotAllowed("vhost %s not found" % (m.virtual_host,))
+        self.grant = self.factory.permissions.grant(self.user, vhost.name)
         self.vhost = vhost
         self.state = OPEN
         self.send_method(0, codec.ConnectionOpenOk(""))
