@@ -616,7 +616,13 @@ def _parse_table(cls, data, path, overrides, checker):
             else:
                 value = s.kind.convert(default, key_path, checker)
         values[f.name] = value
-    if any(value is _BAD for value in values.values()):
+    bad = False
+    cross_check = getattr(cls, "cross_check", None)
+    if cross_check is not None:
+        for key, what in cross_check(values, _BAD):
+            checker.problem(_join(path, key) if key else path, what)
+            bad = True
+    if bad or any(value is _BAD for value in values.values()):
         return _BAD
     return cls(**values)
 
@@ -644,6 +650,34 @@ def _topic_filter_problem(topic):
             return f"not a topic filter: '#' must be the whole last level in '{topic}'"
         if "+" in level and level != "+":
             return f"not a topic filter: '+' must be a whole level in '{topic}'"
+    return None
+
+
+def _acl_topic_problem(topic):
+    # Checked against the action of the rule by AclRule.cross_check.
+    if not topic:
+        return "must not be empty"
+    if "\x00" in topic:
+        return "must not contain a NUL character"
+    if len(topic.encode("utf-8")) > 65535:
+        return "is longer than 65535 bytes"
+    return None
+
+
+def _kafka_pattern_problem(key, pattern):
+    """
+    What is wrong with a Kafka C{topic} or C{group} of an ACL rule: a name,
+    or a prefix ending in C{*}; C{%u} expands to the user name.
+    """
+    literal = pattern[:-1] if pattern.endswith("*") else pattern
+    if "*" in literal:
+        return f"'*' may only end a Kafka {key} pattern, in '{pattern}'"
+    if "%c" in literal:
+        return f"%c is for MQTT rules only (Kafka has no client-id ACLs), in '{pattern}'"
+    if key == "topic":
+        bare = literal.replace("%u", "")
+        if len(bare) > 249 or not all(c.isascii() and (c.isalnum() or c in "._-") for c in bare):
+            return f"not a Kafka topic name or prefix: '{pattern}'"
     return None
 
 
@@ -922,6 +956,11 @@ class KafkaRuntimeConfig(RuntimeConfig):
         " fetch waiting for data); reading from the client pauses beyond.",
         100,
     )
+    max_acls: int = setting(
+        Integer(minimum=0),
+        "Most ACLs clients may create with CreateAcls (kept in the metadata store).",
+        10000,
+    )
 
 
 @frozen(kw_only=True)
@@ -1033,20 +1072,52 @@ class StorageConfig:
         return getattr(self, f"{protocol_name}_driver", "") or self.default_driver
 
 
+#: The actions of MQTT ACL rules and of Kafka ACL rules.
+MQTT_ACL_ACTIONS = ("publish", "subscribe", "all")
+KAFKA_ACL_ACTIONS = ("read", "write", "create", "delete", "describe", "alter")
+
+#: The actions each Kafka resource has, as in Kafka (write on the cluster is
+#: Kafka's IdempotentWrite).
+KAFKA_ACL_RESOURCE_ACTIONS = {
+    "topic": KAFKA_ACL_ACTIONS,
+    "group": ("read", "delete", "describe"),
+    "cluster": ("create", "alter", "describe", "write"),
+}
+
+
 @frozen(kw_only=True)
 class AclRule:
     """
-    One C{[[security.acl]]} rule; the first rule that matches decides.
+    One C{[[security.acl]]} rule: an MQTT rule (C{publish}, C{subscribe},
+    C{all}: the first that matches decides) or a Kafka rule (C{read},
+    C{write}, C{create}, C{delete}, C{describe}, C{alter} on a C{topic},
+    C{group} or the C{cluster}: a matching deny wins over any allow).
     """
 
     permission: str = setting(String(choices=("allow", "deny")), "Required: allow or deny.")
     action: str = setting(
-        String(choices=("publish", "subscribe", "all")), "Required: what the rule covers."
+        String(choices=MQTT_ACL_ACTIONS + KAFKA_ACL_ACTIONS),
+        "Required: what the rule covers; publish, subscribe and all are MQTT rules,"
+        " the others Kafka rules.",
     )
-    topic: str = setting(
-        String(check=_topic_filter_problem, what="MQTT topic filter"),
-        "Required: an MQTT topic filter (+ and # wildcards); %u and %c expand to"
-        " the user name and the client id.",
+    topic: str | None = setting(
+        String(check=_acl_topic_problem, what="MQTT topic filter or Kafka topic pattern"),
+        "MQTT rules (required): a topic filter (+ and # wildcards), %u and %c expand to"
+        " the user name and the client id. Kafka rules: a topic name, or a prefix ending"
+        " in *; %u expands to the user name.",
+        None,
+    )
+    group: str | None = setting(
+        String(non_empty=True),
+        "Kafka rules: a consumer group id, or a prefix ending in *; %u expands to the"
+        " user name.",
+        None,
+    )
+    cluster: bool = setting(
+        Boolean(),
+        "Kafka rules: true for the cluster resource (create, alter, describe, write ="
+        " idempotent write).",
+        False,
     )
     user: str | None = setting(
         String(non_empty=True), "Match only this user name (omitted = any).", None
@@ -1059,6 +1130,54 @@ class AclRule:
         "Match only clients from this IPv4/IPv6 address or CIDR network (omitted = any).",
         None,
     )
+
+    @staticmethod
+    def cross_check(values, bad):
+        """
+        C{(key, problem)} pairs for keys that do not fit the C{action} of
+        the rule: an MQTT rule has a topic filter; a Kafka rule has exactly
+        one of C{topic}, C{group} or C{cluster = true}, with an action that
+        resource has.
+        """
+        action = values["action"]
+        topic, group, cluster = values["topic"], values["group"], values["cluster"]
+        if action is bad:
+            if topic is None and group is None and cluster is False:
+                yield "topic", "missing required key"
+            return
+        if action in MQTT_ACL_ACTIONS:
+            if topic is None:
+                yield "topic", "missing required key"
+            elif topic is not bad:
+                what = _topic_filter_problem(topic)
+                if what is not None:
+                    yield "topic", what
+            if group is not None:
+                yield "group", f'only for Kafka rules, not with action "{action}"'
+            if cluster is True:
+                yield "cluster", f'only for Kafka rules, not with action "{action}"'
+            return
+        if values["client_id"] is not None:
+            yield "client_id", "only for MQTT rules (Kafka has no client-id ACLs)"
+        given = [k for k, v in (("topic", topic), ("group", group), ("cluster", cluster))
+                 if v is not None and v is not False]
+        if not given:
+            yield None, "a Kafka rule needs one of topic, group or cluster = true"
+            return
+        if len(given) > 1:
+            yield given[1], f"a Kafka rule has one resource, not {' and '.join(given)}"
+            return
+        key = given[0]
+        value = values[key]
+        if value is bad:
+            return
+        if key != "cluster":
+            what = _kafka_pattern_problem(key, value)
+            if what is not None:
+                yield key, what
+        if action not in KAFKA_ACL_RESOURCE_ACTIONS[key]:
+            allowed = ", ".join(KAFKA_ACL_RESOURCE_ACTIONS[key])
+            yield "action", f'"{action}" is not an action on a Kafka {key} (one of {allowed})'
 
 
 def _regex_problem(text):
@@ -1111,7 +1230,10 @@ class SecurityConfig:
         "",
     )
     acl_default: str = setting(
-        String(choices=("allow", "deny")), "Decision when no ACL rule matches.", "allow"
+        String(choices=("allow", "deny")),
+        "Decision when no ACL rule matches (Kafka: deny when a rule names the resource"
+        " for someone else).",
+        "allow",
     )
     amqp_vhosts: tuple = setting(
         Array(String(non_empty=True)), "AMQP virtual hosts served.", ("/",)
@@ -1156,9 +1278,11 @@ class SecurityConfig:
                 },
                 {"permission": "deny", "action": "all", "topic": "$SYS/#"},
                 {"permission": "deny", "action": "publish", "topic": "#", "user": "reader"},
+                {"permission": "allow", "action": "write", "topic": "orders", "user": "alice"},
             ),
         ),
-        "ACL rules, checked in order; the first that matches decides, else acl_default.",
+        "ACL rules. MQTT rules are checked in order, the first that matches decides;"
+        " for Kafka rules a matching deny wins over a matching allow; else acl_default.",
         (),
     )
 

@@ -17,6 +17,7 @@ import os
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from robustmq.config import MQTT_ACL_ACTIONS
 from robustmq.interfaces import IAuthenticator, IAuthorizer
 
 PBKDF2_ITERATIONS = 20000
@@ -269,8 +270,10 @@ class Authorizer:
     """
 
     def __init__(self, rules, default="allow"):
-        self._rules = [_Rule(r) for r in rules]
+        self._rules = [_Rule(r) for r in rules if r.action in MQTT_ACL_ACTIONS]
         self.default_allow = default == "allow"
+        #: The Kafka rules, evaluated by L{robustmq.kafka.acl.KafkaAcl}.
+        self.kafka_rules = tuple(r for r in rules if r.action not in MQTT_ACL_ACTIONS)
 
     @classmethod
     def from_config(cls, security):

@@ -104,7 +104,7 @@ class BrokerServer(MultiService):
         self.add_protocol(KafkaService(KafkaParams(
             self.reactor, self.config.kafka_runtime, grace, self.connections,
             self.rate_limiter, self.node, self.metrics, self.authenticator,
-            self.storage, self.offsets, self.meta, self.shutdown,
+            self.storage, self.offsets, self.meta, self.shutdown, self.authorizer,
         )))
         self.add_protocol(AmqpService(AmqpParams(
             self.reactor, self.config.amqp_runtime, self.config.security, grace,

@@ -238,7 +238,7 @@ class DefaultsTests(ProblemsMixin, unittest.TestCase):
                 lines.append(line[2:])
         data = tomllib.loads("\n".join(lines))
         rules = _parse(data).security.acl
-        self.assertEqual(len(rules), 4)
+        self.assertEqual(len(rules), 5)
         self.assertEqual(rules[0], AclRule(permission="allow", action="all", topic="users/%u/#"))
 
     def test_declared_types(self):
@@ -952,7 +952,7 @@ class ErrorTests(ProblemsMixin, unittest.TestCase):
                 "security": {
                     "acl": [
                         {},
-                        {"permission": "permit", "action": "read", "topic": ""},
+                        {"permission": "permit", "action": "reads", "topic": ""},
                         {"permission": "allow", "action": "all", "topic": "a/#/b"},
                         {"permission": "allow", "action": "all", "topic": "a+/b"},
                         {"permission": "allow", "action": "all", "topic": "#", "ip": "10.0.0.0/33"},
@@ -972,8 +972,8 @@ class ErrorTests(ProblemsMixin, unittest.TestCase):
                 'config error: security.acl[1].permission: must be one of "allow", "deny", got'
                 ' "permit"',
                 'config error: security.acl[1].action: must be one of "publish", "subscribe",'
-                ' "all",'
-                ' got "read"',
+                ' "all", "read", "write", "create", "delete", "describe", "alter",'
+                ' got "reads"',
                 "config error: security.acl[1].topic: must not be empty",
                 "config error: security.acl[2].topic: not a topic filter:"
                 " '#' must be the whole last level in 'a/#/b'",

@@ -18,6 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from robustmq.kafka import errors
+from robustmq.kafka.acl import KafkaAcl
 from robustmq.kafka.producers import ProducerStates
 from robustmq.storage.errors import OffsetOutOfRange, StorageError, UnknownShard
 
@@ -153,6 +154,9 @@ class KafkaBroker:
         self.producers = ProducerStates(self)
         self.groups = None
         self._snapshot_loop = None
+        self.acl = KafkaAcl(params.authorizer, params.meta, params.config.max_acls)
+        self.acl_denied = params.metrics.counter(
+            "kafka_acl_denied", "Kafka requests (per resource) refused by ACL", ("action",))
 
     # life cycle
 
@@ -179,6 +183,7 @@ class KafkaBroker:
                 continue
             self._add_topic(topic, count)
         self.producers.load()
+        self.acl.load()
         if self.topics:
             self.log.info("kafka: {n} topics loaded", n=len(self.topics))
         self._snapshot_loop = LoopingCall(self.producers.save)

@@ -21,3 +21,6 @@ class KafkaParams:
     offsets: object
     meta: object
     shutdown: object
+    #: The shared L{robustmq.security.Authorizer} (its Kafka rules and
+    #: C{acl_default}); L{None}: no Kafka rules, everything allowed.
+    authorizer: object = None

@@ -14,6 +14,9 @@ import struct
 from collections import deque
 
 from robustmq.kafka import codec, errors
+from robustmq.kafka.acl import (
+    ALTER, CLUSTER, CLUSTER_NAME, CREATE, DELETE, DESCRIBE, GROUP, READ, TOPIC, WRITE, AclError,
+)
 from robustmq.kafka.broker import FetchWaiter
 from robustmq.kafka.producers import batch_producer
 from robustmq.kafka.sasl import SaslServer, mechanisms_of
@@ -46,6 +49,9 @@ SERVED_VERSIONS = {
     19: (0, 7),    # CreateTopics
     20: (0, 6),    # DeleteTopics
     22: (0, 5),    # InitProducerId
+    29: (0, 3),    # DescribeAcls
+    30: (0, 3),    # CreateAcls
+    31: (0, 3),    # DeleteAcls
     32: (0, 4),    # DescribeConfigs
     36: (0, 2),    # SaslAuthenticate
     37: (0, 3),    # CreatePartitions
@@ -83,6 +89,11 @@ _SOURCE_STATIC_BROKER = 4
 #: Bytes read from a client socket at once (Twisted's default is 64 KiB).
 READ_BYTES = 1 << 20
 
+#: Authorization decisions a connection caches (cleared when full).
+ACL_CACHE_ENTRIES = 4096
+
+_RESOURCE_WORD = {TOPIC: "topic", GROUP: "group", CLUSTER: "cluster"}
+
 
 class KafkaProtocol(FramedProtocol):
     """
@@ -113,6 +124,10 @@ class KafkaProtocol(FramedProtocol):
         self.sasl = None
         self.raw_sasl = False
         self.authenticated = bool(f.params.authenticator.allow_anonymous)
+        self.acl = self.broker.acl
+        self.acl_cache = {}
+        self.acl_generation = -1
+        self.acl_user = None
         self.handlers = {
             0: self.handle_produce,
             1: self.handle_fetch,
@@ -132,6 +147,9 @@ class KafkaProtocol(FramedProtocol):
             19: self.handle_create_topics,
             20: self.handle_delete_topics,
             22: self.handle_init_producer_id,
+            29: self.handle_describe_acls,
+            30: self.handle_create_acls,
+            31: self.handle_delete_acls,
             32: self.handle_describe_configs,
             36: self.handle_sasl_authenticate,
             37: self.handle_create_partitions,
@@ -272,6 +290,43 @@ class KafkaProtocol(FramedProtocol):
 
     _gone = False
 
+    # authorization
+
+    def allowed(self, action, rtype, name, quiet=False):
+        """
+        May the user of this connection do C{action} on a resource
+        (L{robustmq.kafka.acl})? Decisions are cached per connection until
+        the ACLs or the user change; a refusal is logged when first decided
+        and counted each time (C{quiet}: neither, for filtering lists).
+        """
+        acl = self.acl
+        if acl.open:
+            return True
+        cache = self.acl_cache
+        if self.acl_generation != acl.generation or self.acl_user != self.user:
+            cache.clear()
+            self.acl_generation = acl.generation
+            self.acl_user = self.user
+        key = (action, rtype, name)
+        ok = cache.get(key)
+        if ok is None:
+            ok = acl.authorize(action, rtype, name, self.user, self.peer_host)
+            if len(cache) >= ACL_CACHE_ENTRIES:
+                cache.clear()
+            cache[key] = ok
+            if not ok and not quiet:
+                self.log.info(
+                    "kafka {peer}: user {user} may not {action} {resource} {name!r}",
+                    peer=self.peer, user=self.user or "ANONYMOUS", action=action,
+                    resource=_RESOURCE_WORD[rtype], name=name,
+                )
+        if not ok and not quiet:
+            self.broker.acl_denied.labels(action).inc()
+        return ok
+
+    def authorized_operations(self, rtype, name):
+        return self.acl.authorized_operations(rtype, name, self.user, self.peer_host)
+
     # ApiVersions, Metadata, cluster
 
     def handle_api_versions(self, version, body, header):
@@ -297,31 +352,48 @@ class KafkaProtocol(FramedProtocol):
         host, port = self.advertised()
         nid = self.node_id
         requested = body["topics"]
+        by_id = ()
         if requested is None or (version == 0 and not requested):
+            # Every topic the user may describe.
             names = sorted(broker.topics)
+            if not self.acl.open:
+                names = [n for n in names if self.allowed(DESCRIBE, TOPIC, n, quiet=True)]
             allow_auto = False
         else:
             names = []
+            by_id = set()
             for t in requested:
                 name = t["name"]
                 if name is None:
                     topic = broker.topics_by_id.get(bytes(t["topic_id"]))
                     name = topic.name if topic is not None else None
+                    by_id.add(name)
                 names.append(name)
             allow_auto = body["allow_auto_topic_creation"] if version >= 4 else True
+        with_ops = version >= 8 and body["include_topic_authorized_operations"]
         topics = []
         for name in names:
             if name is None:
                 topics.append({"error_code": errors.UNKNOWN_TOPIC_ID, "name": None,
                                "partitions": []})
                 continue
+            if not self.allowed(DESCRIBE, TOPIC, name):
+                topic = broker.topics.get(name)
+                topics.append({
+                    "error_code": errors.TOPIC_AUTHORIZATION_FAILED,
+                    "name": None if name in by_id else name,
+                    "topic_id": topic.topic_id if name in by_id else _NO_TOPIC_ID,
+                    "partitions": [], "topic_authorized_operations": _UNKNOWN_OPS})
+                continue
             topic = broker.topics.get(name)
             code = errors.NONE
             if topic is None:
-                if allow_auto:
-                    code, topic = broker.auto_create(name)
-                else:
+                if not allow_auto:
                     code = errors.UNKNOWN_TOPIC_OR_PARTITION
+                elif broker.config.auto_create_topics and not self.allowed(CREATE, TOPIC, name):
+                    code = errors.TOPIC_AUTHORIZATION_FAILED
+                else:
+                    code, topic = broker.auto_create(name)
             if topic is None:
                 topics.append({"error_code": code, "name": name, "partitions": [],
                                "topic_authorized_operations": _UNKNOWN_OPS})
@@ -337,7 +409,8 @@ class KafkaProtocol(FramedProtocol):
                      "offline_replicas": []}
                     for p in topic.partitions
                 ],
-                "topic_authorized_operations": _UNKNOWN_OPS,
+                "topic_authorized_operations": (
+                    self.authorized_operations(TOPIC, name) if with_ops else _UNKNOWN_OPS),
             })
         return {
             "throttle_time_ms": 0,
@@ -345,7 +418,10 @@ class KafkaProtocol(FramedProtocol):
             "cluster_id": broker.cluster_id,
             "controller_id": nid,
             "topics": topics,
-            "cluster_authorized_operations": _UNKNOWN_OPS,
+            "cluster_authorized_operations": (
+                self.authorized_operations(CLUSTER, CLUSTER_NAME)
+                if 8 <= version <= 10 and body["include_cluster_authorized_operations"]
+                else _UNKNOWN_OPS),
         }
 
     def handle_describe_cluster(self, version, body, header):
@@ -356,7 +432,9 @@ class KafkaProtocol(FramedProtocol):
             "cluster_id": self.broker.cluster_id,
             "controller_id": self.node_id,
             "brokers": [{"broker_id": self.node_id, "host": host, "port": port, "rack": None}],
-            "cluster_authorized_operations": _UNKNOWN_OPS,
+            "cluster_authorized_operations": (
+                self.authorized_operations(CLUSTER, CLUSTER_NAME)
+                if body["include_cluster_authorized_operations"] else _UNKNOWN_OPS),
         }
 
     # Produce
@@ -370,7 +448,13 @@ class KafkaProtocol(FramedProtocol):
         responses = []
         for t in body["topic_data"]:
             name = t["name"]
-            code, topic = broker.auto_create(name)
+            if not self.allowed(WRITE, TOPIC, name):
+                code, topic = errors.TOPIC_AUTHORIZATION_FAILED, None
+            elif (name not in broker.topics and broker.config.auto_create_topics
+                    and not self.allowed(CREATE, TOPIC, name)):
+                code, topic = errors.TOPIC_AUTHORIZATION_FAILED, None
+            else:
+                code, topic = broker.auto_create(name)
             partitions = []
             responses.append({"name": name, "partition_responses": partitions})
             for pd in t["partition_data"]:
@@ -440,6 +524,8 @@ class KafkaProtocol(FramedProtocol):
             parts = []
             missing = (errors.UNKNOWN_TOPIC_ID if by_id and topic is None
                        else errors.UNKNOWN_TOPIC_OR_PARTITION)
+            if (topic is not None or not by_id) and not self.allowed(READ, TOPIC, name):
+                topic, missing = None, errors.TOPIC_AUTHORIZATION_FAILED
             plan.append((name, topic_id, missing, parts))
             for fp in t["partitions"]:
                 index = fp["partition"]
@@ -527,6 +613,7 @@ class KafkaProtocol(FramedProtocol):
         for t in body["topics"]:
             name = t["name"]
             topic = broker.topics.get(name)
+            denied = not self.allowed(DESCRIBE, TOPIC, name)
             out = []
             topics.append({"name": name, "partitions": out})
             for lp in t["partitions"]:
@@ -534,6 +621,9 @@ class KafkaProtocol(FramedProtocol):
                 r = {"partition_index": index, "error_code": errors.NONE,
                      "timestamp": -1, "offset": -1, "leader_epoch": 0}
                 out.append(r)
+                if denied:
+                    r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+                    continue
                 if topic is None or not 0 <= index < len(topic.partitions):
                     r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
                     continue
@@ -572,6 +662,10 @@ class KafkaProtocol(FramedProtocol):
             r = {"name": name, "error_code": errors.NONE, "error_message": None,
                  "num_partitions": -1, "replication_factor": -1, "configs": None}
             out.append(r)
+            if not self.allowed(CREATE, TOPIC, name):
+                r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+                r["error_message"] = "not authorized to create topic '{}'".format(name)
+                continue
             if t["replication_factor"] not in (-1, 1):
                 r["error_code"] = errors.INVALID_REPLICATION_FACTOR
                 r["error_message"] = "replication factor must be 1 (one broker)"
@@ -581,7 +675,11 @@ class KafkaProtocol(FramedProtocol):
             r["error_code"] = code
             r["error_message"] = message
             topic = broker.topics.get(name)
-            if code == errors.NONE and topic is not None:
+            if (code == errors.NONE and topic is not None
+                    and not self.allowed(DESCRIBE, TOPIC, name, quiet=True)):
+                # As Kafka: created, but its configs are not described.
+                r["topic_config_error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+            elif code == errors.NONE and topic is not None:
                 r["topic_id"] = topic.topic_id
                 r["num_partitions"] = len(topic.partitions)
                 r["replication_factor"] = 1
@@ -607,6 +705,12 @@ class KafkaProtocol(FramedProtocol):
             r = {"name": name, "topic_id": topic.topic_id if topic else topic_id,
                  "error_code": errors.NONE, "error_message": None}
             out.append(r)
+            if name is not None and not (self.allowed(DESCRIBE, TOPIC, name)
+                                         and (topic is None or self.allowed(DELETE, TOPIC, name))):
+                # Existence is told only to who may describe the topic.
+                r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+                r["topic_id"] = topic_id
+                continue
             if topic is None:
                 r["error_code"] = (errors.UNKNOWN_TOPIC_ID if name is None
                                    else errors.UNKNOWN_TOPIC_OR_PARTITION)
@@ -621,6 +725,10 @@ class KafkaProtocol(FramedProtocol):
     def handle_create_partitions(self, version, body, header):
         out = []
         for t in body["topics"]:
+            if not self.allowed(ALTER, TOPIC, t["name"]):
+                out.append({"name": t["name"], "error_code": errors.TOPIC_AUTHORIZATION_FAILED,
+                            "error_message": None})
+                continue
             code, message = self.broker.create_partitions(
                 t["name"], t["count"], body["validate_only"])
             out.append({"name": t["name"], "error_code": code, "error_message": message})
@@ -636,6 +744,12 @@ class KafkaProtocol(FramedProtocol):
             r = {"error_code": errors.NONE, "error_message": None, "resource_type": rtype,
                  "resource_name": rname, "configs": []}
             results.append(r)
+            if rtype == 2 and not self.allowed(DESCRIBE, TOPIC, rname):
+                r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+                continue
+            if rtype == 4 and not self.allowed(DESCRIBE, CLUSTER, CLUSTER_NAME):
+                r["error_code"] = errors.CLUSTER_AUTHORIZATION_FAILED
+                continue
             if rtype == 2:
                 topic = broker.topics.get(rname)
                 if topic is None:
@@ -696,12 +810,78 @@ class KafkaProtocol(FramedProtocol):
              _SOURCE_STATIC_BROKER, 3),
         ]
 
+    # ACLs
+
+    def handle_describe_acls(self, version, body, header):
+        response = {"throttle_time_ms": 0, "error_code": errors.NONE, "error_message": None,
+                    "resources": []}
+        if not self.allowed(DESCRIBE, CLUSTER, CLUSTER_NAME):
+            response["error_code"] = errors.CLUSTER_AUTHORIZATION_FAILED
+            response["error_message"] = "describing ACLs needs describe on the cluster"
+            return response
+        try:
+            response["resources"] = self.acl.describe(body)
+        except AclError as e:
+            response["error_code"] = errors.INVALID_REQUEST
+            response["error_message"] = str(e)
+        return response
+
+    def handle_create_acls(self, version, body, header):
+        creations = body["creations"]
+        if not self.allowed(ALTER, CLUSTER, CLUSTER_NAME):
+            return {"throttle_time_ms": 0, "results": [
+                {"error_code": errors.CLUSTER_AUTHORIZATION_FAILED,
+                 "error_message": "creating ACLs needs alter on the cluster"}
+                for _ in creations]}
+        return self._answer_when_stored(header, self.acl.create(creations), lambda results: {
+            "throttle_time_ms": 0,
+            "results": [{"error_code": c, "error_message": m} for c, m in results]})
+
+    def handle_delete_acls(self, version, body, header):
+        filters = body["filters"]
+        if not self.allowed(ALTER, CLUSTER, CLUSTER_NAME):
+            return {"throttle_time_ms": 0, "filter_results": [
+                {"error_code": errors.CLUSTER_AUTHORIZATION_FAILED,
+                 "error_message": "deleting ACLs needs alter on the cluster",
+                 "matching_acls": []}
+                for _ in filters]}
+        return self._answer_when_stored(header, self.acl.delete(filters), lambda results: {
+            "throttle_time_ms": 0, "filter_results": results})
+
+    def _answer_when_stored(self, header, d, build):
+        """
+        The response built from the result of C{d}: at once when it has
+        fired, else later in this request's slot.
+        """
+        done = []
+        d.addCallback(done.append)
+        if done:
+            return build(done[0])
+        slot = self.open_slot(header)
+
+        def failed(f):
+            self.log.failure("kafka: changing the ACLs failed", f)
+            return codec.error_response(header["request_api_key"],
+                                        header["request_api_version"],
+                                        errors.UNKNOWN_SERVER_ERROR)
+
+        d.addCallbacks(lambda _: build(done[0]), failed)
+        d.addCallback(lambda body: self.fill_slot(slot, body))
+        return _LATER
+
     # idempotent producers
 
     def handle_init_producer_id(self, version, body, header):
         if body["transactional_id"] is not None:
             return {"throttle_time_ms": 0,
                     "error_code": errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    "producer_id": -1, "producer_epoch": -1}
+        acl = self.acl
+        if not acl.open and not acl.authorize_idempotent(self.user, self.peer_host):
+            self.log.info("kafka {peer}: user {user} may not write idempotently",
+                          peer=self.peer, user=self.user or "ANONYMOUS")
+            self.broker.acl_denied.labels(WRITE).inc()
+            return {"throttle_time_ms": 0, "error_code": errors.CLUSTER_AUTHORIZATION_FAILED,
                     "producer_id": -1, "producer_epoch": -1}
         producers = self.broker.producers
         pid = body["producer_id"]
@@ -739,20 +919,43 @@ class KafkaProtocol(FramedProtocol):
     def handle_find_coordinator(self, version, body, header):
         host, port = self.advertised()
         nid = self.node_id
+        group = body["key_type"] == 0
         if version >= 4:
             if body["key_type"] in (0, 1):
                 code, message = errors.NONE, None
             else:
                 code, message = errors.INVALID_REQUEST, "share groups are not supported"
-            return {"throttle_time_ms": 0, "coordinators": [
-                {"key": key, "node_id": nid, "host": host, "port": port,
-                 "error_code": code, "error_message": message}
-                for key in body["coordinator_keys"]
-            ]}
+            out = []
+            for key in body["coordinator_keys"]:
+                c = {"key": key, "node_id": nid, "host": host, "port": port,
+                     "error_code": code, "error_message": message}
+                out.append(c)
+                if group and not self.allowed(DESCRIBE, GROUP, key):
+                    c.update(node_id=-1, host="", port=-1,
+                             error_code=errors.GROUP_AUTHORIZATION_FAILED)
+            return {"throttle_time_ms": 0, "coordinators": out}
+        if group and not self.allowed(DESCRIBE, GROUP, body["key"]):
+            return {"throttle_time_ms": 0, "error_code": errors.GROUP_AUTHORIZATION_FAILED,
+                    "error_message": None, "node_id": -1, "host": "", "port": -1}
         return {"throttle_time_ms": 0, "error_code": errors.NONE, "error_message": None,
                 "node_id": nid, "host": host, "port": port}
 
+    def group_refused(self, api_key, version, group_id):
+        """
+        The GROUP_AUTHORIZATION_FAILED response of a group request when the
+        user may not read C{group_id}, else L{None}.
+        """
+        if self.allowed(READ, GROUP, group_id):
+            return None
+        return codec.error_response(api_key, version, errors.GROUP_AUTHORIZATION_FAILED)
+
     def handle_join_group(self, version, body, header):
+        refused = self.group_refused(11, version, body["group_id"])
+        if refused is not None:
+            refused["member_id"] = body["member_id"]
+            if version < 7:
+                refused["protocol_name"] = ""
+            return refused
         slot = self.open_slot(header)
 
         def respond(response):
@@ -771,6 +974,9 @@ class KafkaProtocol(FramedProtocol):
         return _LATER
 
     def handle_sync_group(self, version, body, header):
+        refused = self.group_refused(14, version, body["group_id"])
+        if refused is not None:
+            return refused
         respond = self._respond_later(header)
         self.broker.groups.sync(
             body["group_id"], body["generation_id"], body["member_id"],
@@ -780,12 +986,18 @@ class KafkaProtocol(FramedProtocol):
         return _LATER
 
     def handle_heartbeat(self, version, body, header):
+        refused = self.group_refused(12, version, body["group_id"])
+        if refused is not None:
+            return refused
         code = self.broker.groups.heartbeat(
             body["group_id"], body["generation_id"], body["member_id"],
             body["group_instance_id"])
         return {"throttle_time_ms": 0, "error_code": code}
 
     def handle_leave_group(self, version, body, header):
+        refused = self.group_refused(13, version, body["group_id"])
+        if refused is not None:
+            return refused
         if version >= 3:
             members = [(m["member_id"], m["group_instance_id"]) for m in body["members"]]
         else:
@@ -798,14 +1010,18 @@ class KafkaProtocol(FramedProtocol):
         groups = self.broker.groups
         broker = self.broker
         group_id = body["group_id"]
-        code = groups.check_commit(
-            group_id, body["generation_id_or_member_epoch"], body["member_id"],
-            body["group_instance_id"])
+        if not self.allowed(READ, GROUP, group_id):
+            code = errors.GROUP_AUTHORIZATION_FAILED
+        else:
+            code = groups.check_commit(
+                group_id, body["generation_id_or_member_epoch"], body["member_id"],
+                body["group_instance_id"])
         topics = []
         commits = {}
         for t in body["topics"]:
             name = t["name"]
             topic = broker.topics.get(name)
+            denied = not code and not self.allowed(READ, TOPIC, name)
             out = []
             topics.append({"name": name, "partitions": out})
             for cp in t["partitions"]:
@@ -813,6 +1029,9 @@ class KafkaProtocol(FramedProtocol):
                 r = {"partition_index": index, "error_code": code}
                 out.append(r)
                 if code:
+                    continue
+                if denied:
+                    r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
                     continue
                 if topic is None or not 0 <= index < len(topic.partitions):
                     r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
@@ -843,18 +1062,29 @@ class KafkaProtocol(FramedProtocol):
             groups = [self._offsets_of(g["group_id"], g["topics"]) for g in body["groups"]]
             return {"throttle_time_ms": 0, "groups": groups}
         result = self._offsets_of(body["group_id"], body["topics"])
+        if version < 2 and result["error_code"]:
+            # No top-level error code before version 2: on each partition.
+            result["topics"] = [
+                {"name": t["name"], "partitions": [
+                    {"partition_index": i, "committed_offset": -1, "committed_leader_epoch": -1,
+                     "metadata": "", "error_code": result["error_code"]}
+                    for i in t["partition_indexes"]]}
+                for t in body["topics"] or ()]
         return {"throttle_time_ms": 0, "topics": result["topics"],
                 "error_code": result["error_code"]}
 
     def _offsets_of(self, group_id, wanted):
         broker = self.broker
+        if not self.allowed(DESCRIBE, GROUP, group_id):
+            return {"group_id": group_id, "topics": [],
+                    "error_code": errors.GROUP_AUTHORIZATION_FAILED}
         committed = broker.groups.committed(group_id)
         topics = []
         if wanted is None:
             by_topic = {}
             for shard, (offset, metadata) in sorted(committed.items()):
                 _, name, index = shard.rsplit("/", 2)
-                if name in broker.topics:
+                if name in broker.topics and self.allowed(DESCRIBE, TOPIC, name, quiet=True):
                     by_topic.setdefault(name, []).append((int(index), offset, metadata))
             for name, parts in sorted(by_topic.items()):
                 topics.append({"name": name, "partitions": [
@@ -865,30 +1095,50 @@ class KafkaProtocol(FramedProtocol):
                 name = t["name"]
                 out = []
                 topics.append({"name": name, "partitions": out})
+                denied = not self.allowed(DESCRIBE, TOPIC, name)
                 for index in t["partition_indexes"]:
-                    found = committed.get("kafka/{}/{}".format(name, index))
+                    found = None if denied else committed.get("kafka/{}/{}".format(name, index))
                     offset, metadata = found if found is not None else (-1, "")
                     out.append({"partition_index": index, "committed_offset": offset,
                                 "committed_leader_epoch": -1, "metadata": metadata,
-                                "error_code": errors.NONE})
+                                "error_code": (errors.TOPIC_AUTHORIZATION_FAILED if denied
+                                               else errors.NONE)})
         return {"group_id": group_id, "topics": topics, "error_code": errors.NONE}
 
     def handle_describe_groups(self, version, body, header):
-        return {"throttle_time_ms": 0,
-                "groups": [self.broker.groups.describe(g) for g in body["groups"]]}
+        out = []
+        with_ops = version >= 3 and body["include_authorized_operations"]
+        for g in body["groups"]:
+            if not self.allowed(DESCRIBE, GROUP, g):
+                out.append({"error_code": errors.GROUP_AUTHORIZATION_FAILED, "group_id": g,
+                            "group_state": "", "protocol_type": "", "protocol_data": "",
+                            "members": [], "authorized_operations": _UNKNOWN_OPS})
+                continue
+            d = self.broker.groups.describe(g)
+            if with_ops:
+                d["authorized_operations"] = self.authorized_operations(GROUP, g)
+            out.append(d)
+        return {"throttle_time_ms": 0, "groups": out}
 
     def handle_list_groups(self, version, body, header):
         states = set(body["states_filter"]) if version >= 4 else set()
         types = {t.lower() for t in body["types_filter"]} if version >= 5 else set()
         # Every group here is a classic one.
         groups = [] if types and "classic" not in types else self.broker.groups.list(states)
+        if not self.acl.open and not self.allowed(DESCRIBE, CLUSTER, CLUSTER_NAME, quiet=True):
+            # As Kafka: describe on the cluster lists every group, else
+            # those the user may describe.
+            groups = [g for g in groups
+                      if self.allowed(DESCRIBE, GROUP, g["group_id"], quiet=True)]
         for g in groups:
             g["group_type"] = "classic"
         return {"throttle_time_ms": 0, "error_code": errors.NONE, "groups": groups}
 
     def handle_delete_groups(self, version, body, header):
         return {"throttle_time_ms": 0, "results": [
-            {"group_id": g, "error_code": self.broker.groups.delete(g)}
+            {"group_id": g, "error_code": (self.broker.groups.delete(g)
+                                           if self.allowed(DELETE, GROUP, g)
+                                           else errors.GROUP_AUTHORIZATION_FAILED)}
             for g in body["groups_names"]]}
 
     # SASL

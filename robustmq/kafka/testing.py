@@ -22,7 +22,7 @@ from robustmq.kafka.params import KafkaParams
 from robustmq.metrics import Metrics
 from robustmq.node import NodeCache
 from robustmq.ratelimit import RateLimiter
-from robustmq.security import Authenticator
+from robustmq.security import Authenticator, Authorizer
 from robustmq.shutdown import Shutdown
 from robustmq.storage.testing import memory_storage
 
@@ -96,9 +96,11 @@ def kafka_config(**kafka_runtime):
 
 
 def kafka_params(reactor, storage=None, meta=None, offsets=None, users=None,
-                 allow_anonymous=True, **kafka_runtime):
+                 allow_anonymous=True, acl=(), acl_default="allow", **kafka_runtime):
     """
     A L{KafkaParams} over in-memory storage, metadata and offsets.
+
+    @param acl: C{[[security.acl]]} rules, as dicts.
     """
     limiter = RateLimiter(reactor)
     node = NodeCache(1, reactor.seconds())
@@ -110,6 +112,8 @@ def kafka_params(reactor, storage=None, meta=None, offsets=None, users=None,
         storage if storage is not None else memory_storage(reactor),
         offsets if offsets is not None else MemoryOffsets(),
         meta if meta is not None else MemoryMeta(), Shutdown(),
+        Authorizer.from_config(parse_config(
+            {"security": {"acl": list(acl), "acl_default": acl_default}}).security),
     )
 
 
