@@ -4,7 +4,10 @@ Authentication and authorization shared by all protocols.
 
 Users come from a password file in Mosquitto's format (C{user:$7$...} lines
 written by C{mosquitto_passwd}, or by L{hash_password}), so an existing
-Mosquitto password file works unchanged. ACL rules come from the
+Mosquitto password file works unchanged for PLAIN logins. SCRAM logins
+(Kafka) need C{$scram-sha-256$}/C{$scram-sha-512$} lines holding RFC 5802's
+StoredKey and ServerKey, which C{python -m robustmq.security passwd} writes
+next to the C{$7$} line, each with its own salt. ACL rules come from the
 C{[[security.acl]]} tables of the config.
 """
 
@@ -149,6 +152,19 @@ class Authenticator:
             u: [h] if isinstance(h, str) else list(h) for u, h in users.items()
         }
         self.allow_anonymous = allow_anonymous
+        self._scram = {}
+        old = []
+        for user, hashes in self._users.items():
+            scram = _scram_of(user, hashes, self.log)
+            self._scram.update(scram)
+            if len(scram) < len(SCRAM_HASHES):
+                old.append(user)
+        if old:
+            self.log.warn(
+                "password file: {users} without SCRAM-SHA-256 and SCRAM-SHA-512 credentials"
+                " (an older or Mosquitto-format entry): PLAIN logins work, SCRAM does not;"
+                " re-run 'python -m robustmq.security passwd FILE USER' for each",
+                users=", ".join(sorted(old)))
         self._cache = {}
         self._cache_size = cache_size
 
@@ -186,25 +202,51 @@ class Authenticator:
     def scram_credentials(self, username, mechanism):
         """
         C{(salt, iterations, stored_key, server_key)} for SASL SCRAM
-        (C{"SCRAM-SHA-256"} or C{"SCRAM-SHA-512"}), or L{None}. SCRAM-SHA-512
-        also works from a C{$7$} hash, which is PBKDF2-HMAC-SHA512: the salted
-        password SCRAM needs.
+        (C{"SCRAM-SHA-256"} or C{"SCRAM-SHA-512"}), or L{None}.
+
+        Only C{$scram-sha-256$}/C{$scram-sha-512$} lines (RFC 5802 StoredKey
+        and ServerKey) are served. A C{$7$} line never is: its digest is
+        PBKDF2-HMAC-SHA512, SCRAM-SHA-512's salted password, so serving
+        SCRAM from it would let whoever reads the file log in.
         """
-        for encoded in self._users.get(username, ()):
-            parts = encoded.split("$")
-            try:
-                if len(parts) == 6 and SCRAM_HASHES.get(parts[1]) == mechanism:
-                    return (
-                        base64.b64decode(parts[3]), int(parts[2]),
-                        base64.b64decode(parts[4]), base64.b64decode(parts[5]),
-                    )
-                if len(parts) == 5 and parts[1] == "7" and mechanism == "SCRAM-SHA-512":
-                    salted = base64.b64decode(parts[4])
-                    stored, server = _keys_from_salted(salted, hashlib.sha512)
-                    return base64.b64decode(parts[3]), int(parts[2]), stored, server
-            except ValueError:
-                continue
-        return None
+        return self._scram.get((username, mechanism))
+
+
+def _scram_of(user, hashes, log):
+    """
+    C{{(user, mechanism): (salt, iterations, stored_key, server_key)}} of
+    the SCRAM lines of one user, leaving out a SCRAM-SHA-512 line whose salt
+    and iteration count are those of a C{$7$} line of the user (the C{$7$}
+    digest would then be its salted password).
+    """
+    pbkdf2 = set()
+    for encoded in hashes:
+        parts = encoded.split("$")
+        if len(parts) == 5 and parts[1] == "7":
+            pbkdf2.add((parts[2], parts[3]))
+    out = {}
+    for encoded in hashes:
+        parts = encoded.split("$")
+        if len(parts) != 6 or parts[1] not in SCRAM_HASHES:
+            continue
+        mechanism = SCRAM_HASHES[parts[1]]
+        if mechanism == "SCRAM-SHA-512" and (parts[2], parts[3]) in pbkdf2:
+            log.warn(
+                "password file: user {user}: the SCRAM-SHA-512 line shares its salt with"
+                " the $7$ line, so the $7$ line would log in: SCRAM-SHA-512 disabled for"
+                " this user; re-run 'python -m robustmq.security passwd FILE {user}'",
+                user=user)
+            continue
+        try:
+            creds = (
+                base64.b64decode(parts[3], validate=True), int(parts[2]),
+                base64.b64decode(parts[4], validate=True),
+                base64.b64decode(parts[5], validate=True),
+            )
+        except ValueError:
+            continue
+        out.setdefault((user, mechanism), creds)
+    return out
 
 
 def topic_matches(topic_filter, topic):
@@ -312,7 +354,10 @@ class Authorizer:
 def main(argv=None):
     """
     C{python -m robustmq.security passwd FILE USER [PASSWORD]}: add or
-    replace a user in a password file (C{$7$} and SCRAM-SHA-256 lines).
+    replace a user in a password file: a C{$7$} line for PLAIN logins (as
+    Mosquitto writes it) and C{$scram-sha-256$} and C{$scram-sha-512$} lines
+    (StoredKey and ServerKey) for SCRAM, each with its own salt. The file is
+    written with mode 0600.
     """
     import getpass
     import sys
@@ -330,11 +375,37 @@ def main(argv=None):
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             lines = [l for l in f.read().splitlines() if l.partition(":")[0] != user]
+    # Each line has a salt of its own: the $7$ digest (PBKDF2-HMAC-SHA512)
+    # must never be the salted password of the SCRAM-SHA-512 line.
     lines.append("{}:{}".format(user, hash_password(password)))
-    lines.append("{}:{}".format(user, scram_entry(password)))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    lines.append("{}:{}".format(user, scram_entry(password, "SCRAM-SHA-256")))
+    lines.append("{}:{}".format(user, scram_entry(password, "SCRAM-SHA-512")))
+    write_private(path, "\n".join(lines) + "\n")
     return 0
+
+
+def write_private(path, text):
+    """
+    Replace the file C{path} by C{text}, readable by its owner only (mode
+    0600, whatever the umask and the old file's mode), atomically.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, ".{}.{}.tmp".format(os.path.basename(path), os.getpid()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            fd = None
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 if __name__ == "__main__":
