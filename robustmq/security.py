@@ -16,8 +16,14 @@ import hashlib
 import hmac
 import ipaddress
 import os
+from collections import OrderedDict
 
+from twisted.application.service import Service
+from twisted.internet.defer import maybeDeferred, succeed
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from robustmq.interfaces import IAuthenticator, IAuthorizer
@@ -46,10 +52,11 @@ def hash_password(password, iterations=PBKDF2_ITERATIONS, salt=None):
 
 def verify_password(password, encoded):
     """
-    C{True} when C{password} matches an encoded hash (C{$7$} or C{$6$}).
+    C{True} when C{password} (str or bytes) matches an encoded hash
+    (C{$7$}, C{$6$} or a SCRAM line).
     """
     parts = encoded.split("$")
-    pw = password.encode("utf-8")
+    pw = password if isinstance(password, bytes) else password.encode("utf-8")
     try:
         if len(parts) == 6 and parts[1] in SCRAM_HASHES:
             mechanism = SCRAM_HASHES[parts[1]]
@@ -139,19 +146,108 @@ def parse_password_file(text, source="<password file>"):
     return users
 
 
+#: What an unknown user's password is checked against, so that refusing an
+#: unknown user costs the same work as refusing a known one (a C{$7$} hash
+#: with the default iteration count; its digest matches no password).
+_UNKNOWN_USER = "$7${}${}${}".format(
+    PBKDF2_ITERATIONS, base64.b64encode(bytes(SALT_BYTES)).decode("ascii"),
+    base64.b64encode(bytes(64)).decode("ascii"))
+
+
+def _plain_verifier(hashes):
+    """
+    The one hash of a user that PLAIN passwords are checked against: the
+    C{$7$} (or C{$6$}) line, else the first SCRAM line.
+    """
+    for kind in ("7", "6"):
+        for encoded in hashes:
+            if encoded.split("$")[1:2] == [kind]:
+                return encoded
+    return hashes[0] if hashes else None
+
+
+class LoginThrottle:
+    """
+    Failed logins per user name and per client address. Each key's count
+    leaks at C{per_minute} a minute; while a key is over C{per_minute}, each
+    new attempt of that user or from that address waits C{2 ** excess}
+    seconds (at most C{max_delay_s}) before it is checked.
+
+    @param clock: a callable returning the time in seconds.
+    @param max_keys: keys remembered at most (the least recently failed are
+        forgotten first).
+    """
+
+    def __init__(self, clock, per_minute=10, max_delay_s=10.0, max_keys=100000):
+        self.clock = clock
+        self.per_minute = per_minute
+        self.max_delay_s = max_delay_s
+        self.max_keys = max_keys
+        self._counts = OrderedDict()
+
+    def _count(self, key, now):
+        entry = self._counts.get(key)
+        if entry is None:
+            return 0.0
+        count, then = entry
+        return max(0.0, count - (now - then) * self.per_minute / 60.0)
+
+    def delay(self, user, host):
+        """
+        Seconds the next attempt of C{user} from C{host} waits.
+        """
+        now = self.clock()
+        count = max(self._count(("user", user), now), self._count(("host", host), now))
+        excess = count - self.per_minute
+        if excess < 0:
+            return 0.0
+        return min(self.max_delay_s, 2.0 ** min(int(excess), 64))
+
+    def failed(self, user, host):
+        """
+        Count a failed login of C{user} from C{host}.
+        """
+        now = self.clock()
+        counts = self._counts
+        for key in (("user", user), ("host", host)):
+            counts[key] = (self._count(key, now) + 1, now)
+            counts.move_to_end(key)
+        while len(counts) > self.max_keys:
+            counts.popitem(last=False)
+
+
 @implementer(IAuthenticator)
 class Authenticator:
     """
+    Checks passwords against the users of the password file.
+
+    A password check (PBKDF2, ~10 ms) runs in a thread pool of C{threads}
+    threads (L{start} and L{stop} it with the service; with C{threads=0} it
+    runs in the caller's thread, for tests). Successes are remembered by a
+    keyed hash of the credentials (never the password itself) so a
+    reconnecting client costs nothing; failures are slowed down per user
+    and per address by a L{LoginThrottle}; an unknown user's password is
+    checked as a known user's is, so the answer's timing does not tell
+    whether a user exists.
+
     @param users: C{{user: encoded_hash or [encoded_hash, ...]}}.
+    @param reactor: schedules the delays and the thread pool's results;
+        L{None} for no delays (tests).
+    @param max_pending: password checks waiting for the pool at most; beyond
+        them a login is refused at once.
+    @param metrics: an L{robustmq.interfaces.IMetrics}, or L{None}.
     """
 
     log = Logger()
 
-    def __init__(self, users, allow_anonymous=True, cache_size=10000):
+    def __init__(self, users, allow_anonymous=True, cache_size=10000, reactor=None,
+                 threads=0, max_failures_per_minute=10, max_delay_s=10.0,
+                 max_pending=1000, metrics=None):
         self._users = {
             u: [h] if isinstance(h, str) else list(h) for u, h in users.items()
         }
         self.allow_anonymous = allow_anonymous
+        self._plain = {u: _plain_verifier(h) for u, h in self._users.items()}
         self._scram = {}
         old = []
         for user, hashes in self._users.items():
@@ -165,39 +261,158 @@ class Authenticator:
                 " (an older or Mosquitto-format entry): PLAIN logins work, SCRAM does not;"
                 " re-run 'python -m robustmq.security passwd FILE USER' for each",
                 users=", ".join(sorted(old)))
-        self._cache = {}
+        self.reactor = reactor
+        self._secret = os.urandom(32)
+        self._cache = OrderedDict()
         self._cache_size = cache_size
+        self.threads = threads
+        self.pool = None
+        if threads:
+            self.pool = ThreadPool(1, threads, name="robustmq-auth")
+        self.max_pending = max_pending
+        self.pending = 0
+        self._overload_logged = None
+        clock = reactor.seconds if reactor is not None else (lambda: 0.0)
+        self.throttle = LoginThrottle(clock, max_failures_per_minute, max_delay_s)
+        self._counters = None
+        if metrics is not None:
+            self._counters = {
+                "failed": metrics.counter(
+                    "auth_failures", "Logins refused: unknown user or wrong password"),
+                "delayed": metrics.counter(
+                    "auth_delayed", "Logins delayed after repeated failures of the user"
+                    " or the address"),
+                "overloaded": metrics.counter(
+                    "auth_overloaded", "Logins refused because too many password checks"
+                    " were waiting"),
+            }
 
     @classmethod
-    def from_config(cls, security):
+    def from_config(cls, security, reactor=None, metrics=None):
         users = {}
         if security.password_file:
             with open(security.password_file, encoding="utf-8") as f:
                 users = parse_password_file(f.read(), security.password_file)
-        return cls(users, security.allow_anonymous)
+        return cls(
+            users, security.allow_anonymous, reactor=reactor, threads=security.auth_threads,
+            max_failures_per_minute=security.max_auth_failures_per_minute,
+            max_delay_s=security.auth_failure_max_delay_s,
+            max_pending=security.auth_max_pending, metrics=metrics,
+        )
+
+    def start(self):
+        """
+        Start the password-checking threads.
+        """
+        if self.pool is not None and not self.pool.started:
+            self.pool.start()
+
+    def stop(self):
+        """
+        Stop the password-checking threads (waits for a check in progress).
+        """
+        if self.pool is not None and self.pool.started:
+            self.pool.stop()
+
+    def _count(self, name):
+        if self._counters is not None:
+            self._counters[name].inc()
 
     def user_exists(self, username):
         return username in self._users
 
-    def authenticate(self, username, password, peer_host=None):
-        hashes = self._users.get(username)
-        if hashes is None or password is None:
-            return False
-        if isinstance(password, bytes):
-            try:
-                password = password.decode("utf-8")
-            except UnicodeDecodeError:
-                return False
-        key = (username, password)
-        if key in self._cache:
-            return True
-        if not any(verify_password(password, encoded) for encoded in hashes):
-            return False
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()
-        self._cache[key] = True
-        return True
+    def _cache_key(self, username, password):
+        return hmac.new(self._secret, username.encode("utf-8") + b"\x00" + password,
+                        hashlib.sha256).digest()
 
+    def authenticate(self, username, password, peer_host=None):
+        """
+        Check a user name and password (str or bytes).
+
+        @return: a Deferred firing with C{True} or C{False}; already fired
+            for a remembered success.
+        """
+        if isinstance(username, bytes):
+            username = username.decode("utf-8", "replace")
+        if username is None or password is None:
+            self.login_failed(username, peer_host)
+            return succeed(False)
+        if isinstance(password, str):
+            password = password.encode("utf-8")
+        key = self._cache_key(username, password)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return succeed(True)
+        if self.pending >= self.max_pending:
+            self._count("overloaded")
+            now = self.throttle.clock()
+            if self._overload_logged is None or now - self._overload_logged >= 10:
+                self._overload_logged = now
+                self.log.warn(
+                    "{count} password checks waiting: logins refused until fewer wait"
+                    " (security.auth_max_pending)", count=self.pending)
+            return succeed(False)
+        self.pending += 1
+        delay = self.throttle.delay(username, peer_host)
+        if delay and self.reactor is not None:
+            self._count("delayed")
+            d = deferLater(self.reactor, delay, self._check, username, password)
+        else:
+            d = self._check(username, password)
+
+        def done(ok):
+            self.pending -= 1
+            if ok is True:
+                self._cache[key] = True
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            else:
+                self.login_failed(username, peer_host)
+            return ok is True
+
+        return d.addBoth(done)
+
+    def _check(self, username, password):
+        verifier = self._plain.get(username)
+        known = verifier is not None
+        if not known:
+            verifier = _UNKNOWN_USER
+        if self.pool is None:
+            d = maybeDeferred(verify_password, password, verifier)
+        else:
+            d = deferToThreadPool(self.reactor, self.pool, verify_password, password, verifier)
+        return d.addCallback(lambda ok: bool(ok) and known)
+
+    def login_failed(self, username, peer_host):
+        """
+        Count a failed login (also for mechanisms checked elsewhere, as SCRAM).
+        """
+        self._count("failed")
+        self.throttle.failed(username, peer_host)
+
+    def after_login_delay(self, username, peer_host, result):
+        """
+        A Deferred firing with C{result} once the delay that repeated
+        failures of C{username} or from C{peer_host} call for has passed.
+        """
+        delay = self.throttle.delay(username, peer_host)
+        if not delay or self.reactor is None:
+            return succeed(result)
+        self._count("delayed")
+        return deferLater(self.reactor, delay, lambda: result)
+
+    def fake_scram_credentials(self, username, mechanism):
+        """
+        SCRAM credentials for a user without any: the same for each asking
+        (a salt derived from the user name with a secret of this process),
+        matching no password, so the exchange fails at its last step like
+        a wrong password's (RFC 5802, section 5.1).
+        """
+        h = _HASH_OF[mechanism]
+        seed = hmac.new(self._secret, mechanism.encode() + b"\x00" + username.encode(
+            "utf-8", "replace"), hashlib.sha256).digest()
+        salt = seed[:SALT_BYTES]
+        return salt, 4096, h(seed + b"stored").digest(), h(seed + b"server").digest()
 
     def scram_credentials(self, username, mechanism):
         """
@@ -247,6 +462,23 @@ def _scram_of(user, hashes, log):
             continue
         out.setdefault((user, mechanism), creds)
     return out
+
+
+class AuthenticatorService(Service):
+    """
+    Starts and stops the password-checking threads of an L{Authenticator}.
+    """
+
+    def __init__(self, authenticator):
+        self.authenticator = authenticator
+
+    def startService(self):
+        Service.startService(self)
+        self.authenticator.start()
+
+    def stopService(self):
+        Service.stopService(self)
+        self.authenticator.stop()
 
 
 def topic_matches(topic_filter, topic):

@@ -59,12 +59,12 @@ class PasswordTests(TestCase):
         self.assertEqual(sorted(users), ["alice", "bob"])
         auth = Authenticator(users, allow_anonymous=False)
         verifyObject(IAuthenticator, auth)
-        self.assertTrue(auth.authenticate("alice", "a"))
-        self.assertTrue(auth.authenticate("alice", b"a"))
-        self.assertTrue(auth.authenticate("alice", "a"))
-        self.assertFalse(auth.authenticate("alice", "b"))
-        self.assertFalse(auth.authenticate("carol", "a"))
-        self.assertFalse(auth.authenticate("alice", None))
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", "a")))
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", b"a")))
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", "a")))
+        self.assertFalse(self.successResultOf(auth.authenticate("alice", "b")))
+        self.assertFalse(self.successResultOf(auth.authenticate("carol", "a")))
+        self.assertFalse(self.successResultOf(auth.authenticate("alice", None)))
         self.assertTrue(auth.user_exists("bob"))
         self.assertFalse(auth.allow_anonymous)
 
@@ -149,7 +149,7 @@ class ScramTests(TestCase):
         users = parse_password_file("kafka:{}\nkafka:{}\n".format(
             hash_password("pw", iterations=50), line))
         auth = Authenticator(users)
-        self.assertTrue(auth.authenticate("kafka", "pw"))
+        self.assertTrue(self.successResultOf(auth.authenticate("kafka", "pw")))
         self.assertEqual(
             auth.scram_credentials("kafka", "SCRAM-SHA-256"),
             scram_credentials("pw", "SCRAM-SHA-256", salt=salt, iterations=4096),
@@ -168,7 +168,7 @@ class ScramTests(TestCase):
         auth = Authenticator({"m": hash_password("pw", iterations=4096, salt=salt)})
         self.assertIsNone(auth.scram_credentials("m", "SCRAM-SHA-512"))
         self.assertIsNone(auth.scram_credentials("m", "SCRAM-SHA-256"))
-        self.assertTrue(auth.authenticate("m", "pw"))
+        self.assertTrue(self.successResultOf(auth.authenticate("m", "pw")))
         [warning] = [formatEvent(e) for e in events]
         self.assertIn("m without SCRAM", warning)
         self.assertIn("re-run 'python -m robustmq.security passwd", warning)
@@ -198,9 +198,9 @@ class ScramTests(TestCase):
         with open(path) as f:
             users = parse_password_file(f.read())
         auth = Authenticator(users)
-        self.assertTrue(auth.authenticate("alice", "a2"))
-        self.assertFalse(auth.authenticate("alice", "a1"))
-        self.assertTrue(auth.authenticate("bob", "b1"))
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", "a2")))
+        self.assertFalse(self.successResultOf(auth.authenticate("alice", "a1")))
+        self.assertTrue(self.successResultOf(auth.authenticate("bob", "b1")))
         self.assertIsNotNone(auth.scram_credentials("alice", "SCRAM-SHA-256"))
         self.assertIsNotNone(auth.scram_credentials("alice", "SCRAM-SHA-512"))
 
