@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import math
 import os
 from collections import OrderedDict
 
@@ -169,9 +170,10 @@ def _plain_verifier(hashes):
 class LoginThrottle:
     """
     Failed logins per user name and per client address. Each key's count
-    leaks at C{per_minute} a minute; while a key is over C{per_minute}, each
-    new attempt of that user or from that address waits C{2 ** excess}
-    seconds (at most C{max_delay_s}) before it is checked.
+    leaks at C{per_minute} a minute; while a key holds C{per_minute} failures
+    or more not yet leaked away, each new attempt of that user or from that
+    address waits before it is checked: 1 s, doubling with each further
+    failure, at most C{max_delay_s}.
 
     @param clock: a callable returning the time in seconds.
     @param max_keys: keys remembered at most (the least recently failed are
@@ -198,10 +200,11 @@ class LoginThrottle:
         """
         now = self.clock()
         count = max(self._count(("user", user), now), self._count(("host", host), now))
-        excess = count - self.per_minute
+        # Failures not yet leaked away, a partly leaked one counting whole.
+        excess = math.ceil(count - 1e-9) - self.per_minute
         if excess < 0:
             return 0.0
-        return min(self.max_delay_s, 2.0 ** min(int(excess), 64))
+        return min(self.max_delay_s, 2.0 ** min(excess, 64))
 
     def failed(self, user, host):
         """

@@ -8,7 +8,6 @@ wrong passwords.
 """
 
 import socket
-import struct
 import time
 
 from twisted.internet import reactor
@@ -94,8 +93,7 @@ class AuthenticatorTests(SynchronousTestCase):
         self.clock.advance(0.01)
         self.assertTrue(self.successResultOf(d))
         # The address 10.0.0.1 is now slowed down for other users too.
-        for user in ("bob", "erin"):
-            self.assertFalse(self.successResultOf(auth.authenticate(user, "x", "10.0.0.1")))
+        self.assertFalse(self.successResultOf(auth.authenticate("bob", "x", "10.0.0.1")))
         d = auth.authenticate("carol", "x", "10.0.0.1")
         self.assertNoResult(d)
         self.clock.advance(1)
@@ -366,4 +364,130 @@ class ReactorFreeUnderFloodTests(TestCase):
         self.assertLess(worst, 0.1)
 
 
-del struct
+def _recv_packets(sock, count, timeout=10):
+    """
+    Read C{count} MQTT packets (short ones: one-byte remaining length) from
+    a blocking socket: their first bytes.
+    """
+    sock.settimeout(timeout)
+    data = b""
+    kinds = []
+    while len(kinds) < count:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= 2 and len(data) >= 2 + data[1]:
+            kinds.append(data[0] >> 4)
+            data = data[2 + data[1]:]
+    return kinds
+
+
+class RealBrokerLoginTests(TestCase):
+    """
+    Logins against a real broker with a password file of the default hash
+    cost, throttled after two failures a minute.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def setUp(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("alice:" + hash_password("right") + "\n")
+        config = parse_config({
+            "node": {"data_dir": self.mktemp(), "shutdown_grace_s": 5},
+            "mqtt_runtime": {"network": {"listeners": ["tcp:0:interface=127.0.0.1"]}},
+            "kafka_runtime": {"network": {"listeners": []}},
+            "amqp_runtime": {"network": {"listeners": ["tcp:0:interface=127.0.0.1"]}},
+            "admin": {"listeners": []},
+            "security": {"allow_anonymous": False, "password_file": path,
+                         "max_auth_failures_per_minute": 2, "auth_failure_max_delay_s": 4},
+        })
+        self.broker = BrokerServer(config, reactor=reactor)
+        self.broker.privilegedStartService()
+        self.broker.startService()
+        self.addCleanup(lambda: self.broker.stopService() if self.broker.running else None)
+        yield self.broker.ready
+        self.mqtt = self.broker.node.bound_port("mqtt", 0)
+        self.amqp = self.broker.node.bound_port("amqp", 0)
+
+    def test_mqtt_pipelined_after_connect(self):
+        """
+        CONNECT, SUBSCRIBE and PUBLISH in one write: all handled, in order,
+        once the password is checked (CONNACK, SUBACK, the PUBLISH back to
+        the subscriber, PUBACK).
+        """
+        from twisted.internet.threads import deferToThread
+
+        def run():
+            with socket.create_connection(("127.0.0.1", self.mqtt), timeout=10) as sock:
+                sock.sendall(
+                    Connect("pipe", protocol_level=4, username="alice",
+                            password=b"right").encode(4)
+                    + Subscribe(1, [Subscription("t", 1)]).encode(4)
+                    + Publish("t", b"hi", qos=1, packet_id=2).encode(4))
+                return _recv_packets(sock, 4)
+
+        d = deferToThread(run)
+        d.addCallback(self.assertEqual, [2, 9, 3, 4])
+        return d
+
+    def test_pika_login(self):
+        """
+        pika logs in with a user of the password file (checked in the
+        authenticator's threads) and is refused with a wrong password.
+        """
+        import pika
+        from twisted.internet.threads import deferToThread
+
+        def run():
+            out = []
+            for password in ("right", "wrong"):
+                try:
+                    conn = pika.BlockingConnection(pika.ConnectionParameters(
+                        "127.0.0.1", self.amqp, credentials=pika.PlainCredentials(
+                            "alice", password), connection_attempts=1))
+                except pika.exceptions.ProbableAuthenticationError:
+                    out.append("refused")
+                else:
+                    ch = conn.channel()
+                    ch.queue_declare("q")
+                    conn.close()
+                    out.append("ok")
+            return out
+
+        d = deferToThread(run)
+        d.addCallback(self.assertEqual, ["ok", "refused"])
+        return d
+
+    @inlineCallbacks
+    def test_failures_slowed_down_per_address(self):
+        """
+        Two wrong passwords a minute are answered at once; from then on each
+        attempt from that address (even for another, unknown user) waits
+        1 s, then 2 s, before it is answered.
+        """
+        from twisted.internet.threads import deferToThread
+
+        def attempt(user, password):
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", self.mqtt), timeout=10) as sock:
+                sock.sendall(Connect("c", protocol_level=4, username=user,
+                                     password=password).encode(4))
+                reply = sock.recv(4)
+            return reply, time.monotonic() - started
+
+        times = []
+        for user in ("alice", "alice", "mallory", "nobody"):
+            reply, took = yield deferToThread(attempt, user, b"guess")
+            self.assertEqual(reply, b"\x20\x02\x00\x04")
+            times.append(took)
+        self.assertLess(max(times[:2]), 0.9, times)
+        self.assertGreaterEqual(times[2], 0.95, times)
+        self.assertGreaterEqual(times[3], 1.95, times)
+        self.assertEqual(self.broker.metrics.registry.get_sample_value(
+            "robustmq_auth_failures_total"), 4)
+        self.assertEqual(self.broker.metrics.registry.get_sample_value(
+            "robustmq_auth_delayed_total"), 2)

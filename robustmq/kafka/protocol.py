@@ -925,8 +925,10 @@ class KafkaProtocol(FramedProtocol):
         return _LATER
 
     def _sasl_stepped(self, result, slot):
-        if self.closing:
+        if self._gone:
             return
+        # Answered even while closing gracefully (which waits for the
+        # responses in flight).
         ok, reply, message = result
         if ok is False:
             self.log.info("kafka {peer}: SASL authentication failed: {why}",
@@ -942,7 +944,10 @@ class KafkaProtocol(FramedProtocol):
             self.sasl = None
         self.fill_slot(slot, {"error_code": errors.NONE, "error_message": None,
                               "auth_bytes": reply, "session_lifetime_ms": 0})
-        self._release_login_hold()
+        if self.closing:
+            self._drop_login_hold()
+        else:
+            self._release_login_hold()
 
     def raw_sasl_received(self, data):
         self._hold_for_login()
