@@ -228,6 +228,30 @@ class PipelinedLoginTests(SynchronousTestCase):
         self.assertEqual(ack.reason_code, 0x04)
         self.assertTrue(c.lost())
 
+    def test_amqp_frames_after_start_ok_wait(self):
+        """
+        tune-ok and connection.open pipelined behind start-ok wait for the
+        password check (reading paused), then are handled in order.
+        """
+        from robustmq.amqp import codec
+        from tests.test_amqp_protocol import Harness as AmqpHarness
+        from tests.test_amqp_protocol import handshake_bytes, methods
+
+        manual = _ManualAuthenticator({"alice": hash_password("secret", iterations=10)}, False)
+        h = AmqpHarness(authenticator=manual)
+        proto, transport = h.connect("10.1.2.3")
+        proto.dataReceived(handshake_bytes(user="alice", password="secret"))
+        got = methods(transport.value())
+        transport.clear()
+        self.assertEqual([type(m) for m in got], [codec.ConnectionStart])
+        self.assertEqual(transport.producerState, "paused")
+        manual.answer_all()
+        got = methods(transport.value())
+        self.assertEqual([type(m) for m in got],
+                         [codec.ConnectionTune, codec.ConnectionOpenOk])
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(proto.info.user, "alice")
+
     def test_kafka_requests_after_sasl_wait(self):
         """
         A Metadata request pipelined behind SaslAuthenticate (PLAIN) waits
@@ -250,6 +274,32 @@ class PipelinedLoginTests(SynchronousTestCase):
         self.assertEqual([body["error_code"] for _, body in got[:1]], [errors.NONE])
         self.assertEqual(len(got), 2)
         self.assertEqual(got[1][1]["topics"], [])
+
+    def test_kafka_raw_token_then_request(self):
+        """
+        After SaslHandshake v0, a raw PLAIN token and a Metadata request
+        written together: the request waits for the check, then is answered
+        after the (empty) token reply.
+        """
+        import struct
+
+        from tests.test_kafka_protocol import Harness as KafkaHarness
+
+        manual = _ManualAuthenticator({"alice": hash_password("secret", iterations=10)}, False)
+        h = KafkaHarness(authenticator=manual, allow_anonymous=False)
+        c = h.client()
+        self.assertEqual(c.call(17, 0, {"mechanism": "PLAIN"})["error_code"], 0)
+        token = b"\x00alice\x00secret"
+        c.protocol.dataReceived(struct.pack(">i", len(token)) + token
+                                + c.encode(METADATA, 1, {"topics": None}))
+        self.assertEqual(c.transport.value(), b"")
+        manual.answer_all()
+        data = c.transport.value()
+        c.transport.clear()
+        self.assertEqual(data[:4], b"\x00\x00\x00\x00")
+        c._buf = data[4:]
+        [(_, body)] = c.responses()
+        self.assertEqual(body["topics"], [])
 
 
 class _WrongPassword(Protocol):
