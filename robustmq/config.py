@@ -1285,6 +1285,27 @@ class SecurityConfig:
         " for Kafka rules a matching deny wins over a matching allow; else acl_default.",
         (),
     )
+    auth_threads: int = setting(
+        Integer(minimum=1, maximum=64),
+        "Threads checking passwords (PBKDF2), off the event loop.",
+        2,
+    )
+    auth_max_pending: int = setting(
+        Integer(minimum=1),
+        "Password checks waiting for a thread at most; beyond them a login is refused at once.",
+        1000,
+    )
+    max_auth_failures_per_minute: int = setting(
+        Integer(minimum=1),
+        "Failed logins a minute per user name and per client address before each further"
+        " attempt is delayed (1 s, doubling per failure, up to auth_failure_max_delay_s).",
+        10,
+    )
+    auth_failure_max_delay_s: float = setting(
+        Number(minimum=0),
+        "Longest delay of a login after repeated failures.",
+        10.0,
+    )
 
 
 @frozen(kw_only=True)
@@ -1296,7 +1317,22 @@ class AdminConfig:
     listeners: tuple = setting(
         Array(Endpoint()),
         "Endpoint strings of /health, /metrics, /api and the dashboard; [] disables it.",
-        ("tcp:8080",),
+        ("tcp:8080:interface=127.0.0.1",),
+    )
+    users: tuple = setting(
+        Array(String(non_empty=True)),
+        "Users of security.password_file allowed in with HTTP Basic authentication.",
+        (),
+    )
+    token: str = setting(
+        String(),
+        'Bearer token allowed in (Authorization: Bearer TOKEN); "" = none.',
+        "",
+    )
+    token_file: str = setting(
+        String(check=_readable_file_or_empty, what='path of a readable file, or ""'),
+        'File holding the bearer token (surrounding white space ignored); "" = none.',
+        "",
     )
 
 

@@ -153,7 +153,10 @@ class IAuthenticator(Interface):
 
     def authenticate(username, password, peer_host=None):
         """
-        C{True} when the user exists and the password matches.
+        Check a password (str or bytes) without blocking.
+
+        @return: a Deferred firing with C{True} when the user exists and the
+            password matches, else C{False}.
         """
 
     def user_exists(username):

@@ -32,7 +32,7 @@ from robustmq.mqtt.service import MqttService
 from robustmq.network.service import ListenError
 from robustmq.node import NodeCache
 from robustmq.ratelimit import RateLimiter
-from robustmq.security import Authenticator, Authorizer
+from robustmq.security import Authenticator, AuthenticatorService, Authorizer
 from robustmq.shutdown import Shutdown
 from robustmq.storage.service import StorageService
 
@@ -74,7 +74,7 @@ class BrokerServer(MultiService):
         self.connections = ConnectionManager(reactor, self.rate_limiter, node.max_connections)
         self.connections.accepting = False
         self.metrics = Metrics(self.connections, self.node)
-        self.authenticator = Authenticator.from_config(config.security)
+        self.authenticator = Authenticator.from_config(config.security, reactor, self.metrics)
         self.authorizer = Authorizer.from_config(config.security)
         self.shutdown = Shutdown()
         self.storage_service = StorageService(config.storage, self.data_dir, reactor)
@@ -83,9 +83,10 @@ class BrokerServer(MultiService):
         self.meta = self.storage_service.meta
 
         self.add_shared(self.storage_service)
+        self.add_shared(AuthenticatorService(self.authenticator))
         self.admin = AdminService(AdminParams(
             reactor, config.admin, self.connections, self.node, self.metrics,
-            self.shutdown, lambda: self.status,
+            self.shutdown, lambda: self.status, self.authenticator, config.security,
         ))
         self.admin.setServiceParent(self)
         self.build_protocols()

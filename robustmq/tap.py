@@ -36,7 +36,7 @@ class Options(usage.Options):
     def postOptions(self):
         try:
             self.broker_config = load_config(self["config"])
-            check_password_file(self.broker_config.security)
+            check_password_file(self.broker_config.security, self.broker_config.admin)
         except ConfigError as e:
             for line in e.problems:
                 sys.stderr.write(line + "\n")
@@ -45,24 +45,47 @@ class Options(usage.Options):
         self.twistd_options = getattr(self, "parent", None) or {}
 
 
-def check_password_file(security):
+def check_password_file(security, admin=None):
     """
-    Parse the password file now, so a bad line is a config error.
+    Parse the password file now, so a bad line is a config error; check
+    that the C{[admin] users} are users of it and that C{[admin] token_file}
+    holds a token.
 
-    @raise ConfigError: naming each bad line.
+    @raise ConfigError: naming each problem.
     """
-    if not security.password_file:
-        return
-    try:
-        with open(security.password_file, encoding="utf-8") as f:
-            parse_password_file(f.read(), security.password_file)
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(["config error: security.password_file: cannot read: {}".format(e)])
-    except PasswordFileError as e:
-        raise ConfigError([
-            "config error: security.password_file: " + problem
-            for problem in str(e).split("; ")
-        ])
+    problems = []
+    users = {}
+    if security.password_file:
+        try:
+            with open(security.password_file, encoding="utf-8") as f:
+                users = parse_password_file(f.read(), security.password_file)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(["config error: security.password_file: cannot read: {}".format(e)])
+        except PasswordFileError as e:
+            raise ConfigError([
+                "config error: security.password_file: " + problem
+                for problem in str(e).split("; ")
+            ])
+    if admin is not None:
+        for i, user in enumerate(admin.users):
+            if not security.password_file:
+                problems.append("config error: admin.users[{}]: {!r} needs"
+                                " security.password_file".format(i, user))
+            elif user not in users:
+                problems.append("config error: admin.users[{}]: {!r} is not a user of {}".format(
+                    i, user, security.password_file))
+        if admin.token and admin.token_file:
+            problems.append("config error: admin.token_file: set token or token_file, not both")
+        elif admin.token_file:
+            try:
+                with open(admin.token_file, encoding="utf-8") as f:
+                    if not f.read().strip():
+                        problems.append("config error: admin.token_file: file '{}' is"
+                                        " empty".format(admin.token_file))
+            except (OSError, UnicodeDecodeError) as e:
+                problems.append("config error: admin.token_file: cannot read: {}".format(e))
+    if problems:
+        raise ConfigError(problems)
 
 
 class TwistdBrokerServer(BrokerServer):

@@ -22,7 +22,7 @@ from robustmq.shutdown import Shutdown
 
 
 def make_params(protocol=None, security=None, network=None, reactor=None,
-                meta=None, users=None):
+                meta=None, users=None, authenticator=None):
     data = {"mqtt_runtime": {"network": dict(network or {}),
                              "protocol": dict(protocol or {})}}
     if security:
@@ -32,7 +32,8 @@ def make_params(protocol=None, security=None, network=None, reactor=None,
     limiter = RateLimiter(reactor)
     node = NodeCache(1, reactor.seconds())
     connections = ConnectionManager(reactor, limiter)
-    authenticator = Authenticator(users or {}, config.security.allow_anonymous)
+    if authenticator is None:
+        authenticator = Authenticator(users or {}, config.security.allow_anonymous)
     return MqttParams(
         reactor, config.mqtt_runtime, 5.0, connections, limiter, node,
         Metrics(connections, node), authenticator,

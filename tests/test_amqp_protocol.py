@@ -61,7 +61,7 @@ class Harness:
     L{StringTransport}s.
     """
 
-    def __init__(self, users=None, amqp=None, security=None):
+    def __init__(self, users=None, amqp=None, security=None, authenticator=None):
         self.reactor = MemoryReactorClock()
         config = parse_config({"amqp_runtime": amqp or {}, "security": security or {}})
         self.node = NodeCache(1, 0.0)
@@ -71,7 +71,8 @@ class Harness:
         self.params = AmqpParams(
             self.reactor, config.amqp_runtime, config.security, 5.0, self.connections,
             None, self.node,
-            self.metrics, Authenticator(users or {}), Authorizer.from_config(security),
+            self.metrics, authenticator or Authenticator(users or {}),
+            Authorizer.from_config(security),
             None, None, None,
         )
         self.broker = Broker(self.reactor, None, None, config.security.amqp_vhosts)

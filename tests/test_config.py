@@ -186,7 +186,7 @@ class DefaultsTests(ProblemsMixin, unittest.TestCase):
             (security.allow_anonymous, security.password_file, security.acl_default, security.acl),
             (True, "", "allow", ()),
         )
-        self.assertEqual(config.admin.listeners, ("tcp:8080",))
+        self.assertEqual(config.admin.listeners, ("tcp:8080:interface=127.0.0.1",))
 
     def test_default_file_equals_defaults(self):
         """

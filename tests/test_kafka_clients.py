@@ -8,6 +8,9 @@ Blocking clients run in threads of the reactor's pool; kcat and the child
 broker run as processes.
 """
 
+import base64
+import hashlib
+import hmac
 import os
 import shutil
 import signal
@@ -23,7 +26,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from robustmq.kafka import codec
+from robustmq.kafka import codec, errors
 from robustmq.kafka.testing import broker_config
 from robustmq.server import BrokerServer
 from robustmq.storage.record import Record, encode_batch
@@ -594,6 +597,50 @@ class DurabilityTests(TestCase):
 del signal
 
 
+def raw_scram_login(port, user, mechanism, salted_password, timeout=10):
+    """
+    A SCRAM exchange (SaslHandshake v1, SaslAuthenticate v2) over a raw
+    socket, with the salted password C{salted_password(salt, iterations)}.
+
+    @return: the error code of the last SaslAuthenticate response.
+    """
+    h = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}[mechanism]
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        def call(api_key, version, body, correlation_id=[0]):
+            correlation_id[0] += 1
+            sock.sendall(codec.encode_request(
+                api_key, version, correlation_id[0], "raw", body))
+            size = struct.unpack(">i", _recv_exactly(sock, 4))[0]
+            return codec.decode_response(api_key, version, _recv_exactly(sock, size))[1]
+
+        assert call(17, 1, {"mechanism": mechanism})["error_code"] == 0
+        nonce = base64.b64encode(os.urandom(18)).decode()
+        first_bare = "n={},r={}".format(user, nonce)
+        reply = call(36, 2, {"auth_bytes": ("n,," + first_bare).encode()})
+        if reply["error_code"]:
+            return reply["error_code"]
+        server_first = bytes(reply["auth_bytes"]).decode()
+        attrs = dict(a.split("=", 1) for a in server_first.split(","))
+        salted = salted_password(base64.b64decode(attrs["s"]), int(attrs["i"]))
+        without_proof = "c=biws,r=" + attrs["r"]
+        auth_message = ",".join((first_bare, server_first, without_proof)).encode()
+        client_key = hmac.new(salted, b"Client Key", h).digest()
+        signature = hmac.new(h(client_key).digest(), auth_message, h).digest()
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        final = without_proof + ",p=" + base64.b64encode(proof).decode()
+        return call(36, 2, {"auth_bytes": final.encode()})["error_code"]
+
+
+def _recv_exactly(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
 class SaslClientTests(TestCase):
     """
     SASL PLAIN and SCRAM-SHA-256/512 with confluent-kafka against users of
@@ -625,7 +672,9 @@ class SaslClientTests(TestCase):
         self.broker.startService()
         self.addCleanup(lambda: self.broker.stopService() if self.broker.running else None)
         yield self.broker.ready
-        self.bootstrap = "127.0.0.1:{}".format(self.broker.node.bound_port("kafka", 0))
+        self.password_file = path
+        self.port = self.broker.node.bound_port("kafka", 0)
+        self.bootstrap = "127.0.0.1:{}".format(self.port)
 
     def round_trip(self, mechanism, password):
         def run():
@@ -663,6 +712,37 @@ class SaslClientTests(TestCase):
             delivered, errors, values = yield self.round_trip(mechanism, "wonder-land")
             self.assertEqual(delivered, [None], (mechanism, errors))
             self.assertIn(b"hello " + mechanism.encode(), values)
+
+    def test_stored_hash_does_not_log_in(self):
+        """
+        Whoever reads the password file cannot log in through SCRAM: the
+        C{$7$} digest (PBKDF2-HMAC-SHA512, what SCRAM-SHA-512 calls the
+        salted password) given as the salted password of a raw SCRAM-SHA-512
+        exchange is refused, and so are the stored SCRAM lines' keys; the
+        real password works through the same raw exchange.
+        """
+        with open(self.password_file) as f:
+            lines = [line.partition(":")[2] for line in f.read().split()]
+        stolen = [("SCRAM-SHA-512", base64.b64decode(line.split("$")[4]))
+                  for line in lines if line.startswith("$7$")]
+        stolen += [(line.split("$")[1].upper(), base64.b64decode(line.split("$")[4]))
+                   for line in lines if line.startswith("$scram-")]
+
+        def run():
+            out = []
+            for mechanism, salted in stolen:
+                out.append(raw_scram_login(self.port, "alice", mechanism,
+                                           lambda salt, i: salted))
+            out.append(raw_scram_login(self.port, "alice", "SCRAM-SHA-512", lambda salt, i: (
+                hashlib.pbkdf2_hmac("sha512", b"wonder-land", salt, i))))
+            return out
+
+        def check(results):
+            self.assertEqual(
+                results, [errors.SASL_AUTHENTICATION_FAILED] * len(stolen) + [0])
+            self.assertEqual(len(stolen), 3)
+
+        return deferToThread(run).addCallback(check)
 
     def test_wrong_password(self):
         """

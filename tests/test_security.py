@@ -2,10 +2,13 @@
 Tests for L{robustmq.security}: password files and ACL rules.
 """
 
-import hashlib
 import base64
+import hashlib
+import os
+import stat
 
 from attrs import frozen
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
@@ -56,12 +59,12 @@ class PasswordTests(TestCase):
         self.assertEqual(sorted(users), ["alice", "bob"])
         auth = Authenticator(users, allow_anonymous=False)
         verifyObject(IAuthenticator, auth)
-        self.assertTrue(auth.authenticate("alice", "a"))
-        self.assertTrue(auth.authenticate("alice", b"a"))
-        self.assertTrue(auth.authenticate("alice", "a"))
-        self.assertFalse(auth.authenticate("alice", "b"))
-        self.assertFalse(auth.authenticate("carol", "a"))
-        self.assertFalse(auth.authenticate("alice", None))
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", "a")))
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", b"a")))
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", "a")))
+        self.assertFalse(self.successResultOf(auth.authenticate("alice", "b")))
+        self.assertFalse(self.successResultOf(auth.authenticate("carol", "a")))
+        self.assertFalse(self.successResultOf(auth.authenticate("alice", None)))
         self.assertTrue(auth.user_exists("bob"))
         self.assertFalse(auth.allow_anonymous)
 
@@ -146,26 +149,44 @@ class ScramTests(TestCase):
         users = parse_password_file("kafka:{}\nkafka:{}\n".format(
             hash_password("pw", iterations=50), line))
         auth = Authenticator(users)
-        self.assertTrue(auth.authenticate("kafka", "pw"))
+        self.assertTrue(self.successResultOf(auth.authenticate("kafka", "pw")))
         self.assertEqual(
             auth.scram_credentials("kafka", "SCRAM-SHA-256"),
             scram_credentials("pw", "SCRAM-SHA-256", salt=salt, iterations=4096),
         )
         self.assertIsNone(auth.scram_credentials("nobody", "SCRAM-SHA-256"))
 
-    def test_scram_sha512_from_mosquitto_hash(self):
+    def test_no_scram_from_mosquitto_hash(self):
         """
-        A C{$7$} hash is the salted password of SCRAM-SHA-512.
+        A C{$7$} hash is never served as SCRAM credentials: its digest is
+        SCRAM-SHA-512's salted password, so whoever reads the file could log
+        in. PLAIN still works from it, with a warning to re-run passwd.
         """
-        from robustmq.kafka.sasl import scram_credentials
+        salt = b"saltsaltsalt"
+        events = []
+        self.patch(Authenticator, "log", Logger(observer=events.append))
+        auth = Authenticator({"m": hash_password("pw", iterations=4096, salt=salt)})
+        self.assertIsNone(auth.scram_credentials("m", "SCRAM-SHA-512"))
+        self.assertIsNone(auth.scram_credentials("m", "SCRAM-SHA-256"))
+        self.assertTrue(self.successResultOf(auth.authenticate("m", "pw")))
+        [warning] = [formatEvent(e) for e in events]
+        self.assertIn("m without SCRAM", warning)
+        self.assertIn("re-run 'python -m robustmq.security passwd", warning)
+
+    def test_scram_line_sharing_the_pbkdf2_salt(self):
+        """
+        A SCRAM-SHA-512 line with the salt and iteration count of the
+        user's C{$7$} line is not served (the C{$7$} digest would log in).
+        """
+        from robustmq.security import scram_entry
 
         salt = b"saltsaltsalt"
-        auth = Authenticator({"m": hash_password("pw", iterations=4096, salt=salt)})
-        self.assertEqual(
-            auth.scram_credentials("m", "SCRAM-SHA-512"),
-            scram_credentials("pw", "SCRAM-SHA-512", salt=salt, iterations=4096),
-        )
-        self.assertIsNone(auth.scram_credentials("m", "SCRAM-SHA-256"))
+        users = {"m": [hash_password("pw", iterations=4096, salt=salt),
+                       scram_entry("pw", "SCRAM-SHA-512", iterations=4096, salt=salt),
+                       scram_entry("pw", "SCRAM-SHA-256", iterations=4096, salt=salt)]}
+        auth = Authenticator(users)
+        self.assertIsNone(auth.scram_credentials("m", "SCRAM-SHA-512"))
+        self.assertIsNotNone(auth.scram_credentials("m", "SCRAM-SHA-256"))
 
     def test_passwd_command(self):
         from robustmq.security import main
@@ -177,8 +198,49 @@ class ScramTests(TestCase):
         with open(path) as f:
             users = parse_password_file(f.read())
         auth = Authenticator(users)
-        self.assertTrue(auth.authenticate("alice", "a2"))
-        self.assertFalse(auth.authenticate("alice", "a1"))
-        self.assertTrue(auth.authenticate("bob", "b1"))
+        self.assertTrue(self.successResultOf(auth.authenticate("alice", "a2")))
+        self.assertFalse(self.successResultOf(auth.authenticate("alice", "a1")))
+        self.assertTrue(self.successResultOf(auth.authenticate("bob", "b1")))
         self.assertIsNotNone(auth.scram_credentials("alice", "SCRAM-SHA-256"))
         self.assertIsNotNone(auth.scram_credentials("alice", "SCRAM-SHA-512"))
+
+    def test_passwd_lines_have_their_own_salts(self):
+        """
+        passwd writes a C{$7$} line, a C{$scram-sha-256$} and a
+        C{$scram-sha-512$} line, each with its own salt, and SCRAM lines
+        hold StoredKey and ServerKey, not the salted password.
+        """
+        from robustmq.kafka.sasl import scram_credentials
+        from robustmq.security import main
+
+        path = self.mktemp()
+        self.assertEqual(main(["passwd", path, "alice", "a1"]), 0)
+        with open(path) as f:
+            lines = [line.partition(":")[2].split("$") for line in f.read().split()]
+        self.assertEqual([p[1] for p in lines], ["7", "scram-sha-256", "scram-sha-512"])
+        salts = [p[3] for p in lines]
+        self.assertEqual(len(set(salts)), 3)
+        salt, iterations = base64.b64decode(lines[2][3]), int(lines[2][2])
+        _, _, stored, server = scram_credentials("a1", "SCRAM-SHA-512", salt, iterations)
+        self.assertEqual(lines[2][4:], [base64.b64encode(stored).decode(),
+                                        base64.b64encode(server).decode()])
+        salted = hashlib.pbkdf2_hmac("sha512", b"a1", salt, iterations)
+        self.assertNotIn(base64.b64encode(salted).decode(), "$".join(sum(lines, [])))
+
+    def test_passwd_mode_0600(self):
+        """
+        passwd writes the file readable by its owner only, whatever the
+        umask and the mode the file had.
+        """
+        from robustmq.security import main
+
+        path = self.mktemp()
+        old = os.umask(0o022)
+        self.addCleanup(os.umask, old)
+        self.assertEqual(main(["passwd", path, "alice", "a1"]), 0)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        os.chmod(path, 0o644)
+        self.assertEqual(main(["passwd", path, "bob", "b1"]), 0)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        self.assertEqual(os.listdir(os.path.dirname(os.path.abspath(path))),
+                         [os.path.basename(path)])

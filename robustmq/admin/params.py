@@ -16,3 +16,5 @@ class AdminParams:
     metrics: object
     shutdown: object
     status: object  # callable returning "starting" | "ok" | "stopping"
+    authenticator: object = None
+    security: object = None  # robustmq.config.SecurityConfig

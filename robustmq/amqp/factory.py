@@ -6,6 +6,8 @@ L{robustmq.amqp.broker.Broker} and how users log in.
 
 import ipaddress
 
+from twisted.internet.defer import succeed
+
 from robustmq.amqp.permissions import Permissions
 from robustmq.amqp.protocol import AmqpProtocol
 from robustmq.network.protocol import BrokerFactory
@@ -44,21 +46,22 @@ class AmqpFactory(BrokerFactory):
 
     def check_login(self, user, password, peer_host):
         """
-        Whether C{user} may log in from C{peer_host} with C{password}
-        (bytes): the default user of C{[security]} (while anonymous
-        clients are allowed), or a user of the shared authenticator; a
-        user of C{amqp_loopback_users} only from 127.0.0.1 or ::1.
+        A Deferred firing with whether C{user} may log in from C{peer_host}
+        with C{password} (bytes): the default user of C{[security]} (while
+        anonymous clients are allowed), or a user of the shared
+        authenticator; a user of C{amqp_loopback_users} only from 127.0.0.1
+        or ::1.
         """
         security = self.params.security
         default_user = security.amqp_default_user
         default_password = security.amqp_default_password
         loopback_users = security.amqp_loopback_users
         if user in loopback_users and not is_loopback(peer_host):
-            return False
+            return succeed(False)
         if default_user and user == default_user and security.allow_anonymous:
-            return password == default_password.encode("utf-8")
+            return succeed(password == default_password.encode("utf-8"))
         authenticator = self.params.authenticator
-        return bool(authenticator.authenticate(user, password, peer_host))
+        return authenticator.authenticate(user, password, peer_host)
 
     def connection_made(self, conn):
         pass

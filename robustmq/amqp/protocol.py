@@ -12,6 +12,7 @@ consumers unchanged.
 """
 
 import struct
+from collections import deque
 
 from twisted.internet.task import LoopingCall
 
@@ -80,6 +81,7 @@ class AmqpProtocol(FramedProtocol):
     """
 
     state = HEADER
+    _login_held = None
     vhost = None
     grant = None
 
@@ -297,7 +299,37 @@ class AmqpProtocol(FramedProtocol):
             user = user.decode("utf-8", "replace")
         if isinstance(password, str):
             password = password.encode("utf-8")
-        if user is None or not self.factory.check_login(user, password, self.peer_host):
+        if user is None:
+            return self._login_checked(False, user, mechanism, props)
+        # The password check runs off the event loop; frames received
+        # meanwhile wait, in order.
+        self._login_held = deque()
+        self.frame_received = self._hold_frame
+        self.pause_reading("login")
+        d = self.factory.check_login(user, password, self.peer_host)
+        d.addCallback(self._login_checked, user, mechanism, props)
+        d.addErrback(self._login_error)
+
+    def _hold_frame(self, buf, start, end):
+        self._login_held.append(bytes(buf[start:end]))
+
+    def _drop_login_hold(self):
+        self._login_held = None
+        self.__dict__.pop("frame_received", None)
+
+    def _login_error(self, failure):
+        self.log.failure("amqp {peer}: password check failed", failure, peer=self.peer)
+        self._drop_login_hold()
+        if not self.closing:
+            self._drop()
+
+    def _login_checked(self, ok, user, mechanism, props):
+        held = self._login_held
+        self._drop_login_hold()
+        self.resume_reading("login")
+        if self.closing:
+            return
+        if not ok:
             self.log.info("amqp {peer}: login refused for user {user!r} ({mechanism})",
                           peer=self.peer, user=user, mechanism=mechanism)
             if self.capabilities.get("authentication_failure_close"):
@@ -315,6 +347,13 @@ class AmqpProtocol(FramedProtocol):
             self.info.client_id = name if isinstance(name, str) else name.decode("utf-8", "replace")
         self.state = TUNE
         self.send_method(0, codec.ConnectionTune(self.channel_max, self.frame_max, self.heartbeat))
+        while held and not self.closing:
+            frame = held.popleft()
+            try:
+                self.frame_received(frame, 0, len(frame))
+            except Exception as e:
+                self.frame_error(e)
+                return
 
     def _tune_ok(self, m):
         if m.frame_max:

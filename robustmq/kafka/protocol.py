@@ -13,6 +13,8 @@ filled, as Kafka answers a connection's requests in order.
 import struct
 from collections import deque
 
+from twisted.internet.defer import maybeDeferred
+
 from robustmq.kafka import codec, errors
 from robustmq.kafka.acl import (
     ALTER, CLUSTER, CLUSTER_NAME, CREATE, DELETE, DESCRIBE, GROUP, READ, TOPIC, WRITE, AclError,
@@ -106,6 +108,7 @@ class KafkaProtocol(FramedProtocol):
     authenticated = False
     user = None
     client_id = None
+    _login_held = None
 
     def connectionMade(self):
         FramedProtocol.connectionMade(self)
@@ -1162,25 +1165,54 @@ class KafkaProtocol(FramedProtocol):
         if self.sasl is None:
             return {"error_code": errors.ILLEGAL_SASL_STATE,
                     "error_message": "SaslHandshake first", "auth_bytes": b""}
-        ok, reply, message = self.sasl.step(bytes(body["auth_bytes"]))
+        # A step may wait (a password check off the event loop, a delay
+        # after repeated failures): the requests after it wait too, in order.
+        slot = self.open_slot(header)
+        self._hold_for_login()
+        d = maybeDeferred(self.sasl.step, bytes(body["auth_bytes"]))
+        d.addCallback(self._sasl_stepped, slot)
+        d.addErrback(self._login_error)
+        return _LATER
+
+    def _sasl_stepped(self, result, slot):
+        if self._gone:
+            return
+        # Answered even while closing gracefully (which waits for the
+        # responses in flight).
+        ok, reply, message = result
         if ok is False:
             self.log.info("kafka {peer}: SASL authentication failed: {why}",
                           peer=self.peer, why=message)
             self.sasl = None
+            self._drop_login_hold()
+            self.fill_slot(slot, {"error_code": errors.SASL_AUTHENTICATION_FAILED,
+                                  "error_message": message, "auth_bytes": b""})
             self.closing_after_response()
-            return {"error_code": errors.SASL_AUTHENTICATION_FAILED,
-                    "error_message": message, "auth_bytes": b""}
+            return
         if ok:
             self.authenticated_as(self.sasl.user)
             self.sasl = None
-        return {"error_code": errors.NONE, "error_message": None, "auth_bytes": reply,
-                "session_lifetime_ms": 0}
+        self.fill_slot(slot, {"error_code": errors.NONE, "error_message": None,
+                              "auth_bytes": reply, "session_lifetime_ms": 0})
+        if self.closing:
+            self._drop_login_hold()
+        else:
+            self._release_login_hold()
 
     def raw_sasl_received(self, data):
-        ok, reply, message = self.sasl.step(data)
+        self._hold_for_login()
+        d = maybeDeferred(self.sasl.step, data)
+        d.addCallback(self._raw_sasl_stepped)
+        d.addErrback(self._login_error)
+
+    def _raw_sasl_stepped(self, result):
+        if self.closing:
+            return
+        ok, reply, message = result
         if ok is False:
             self.log.info("kafka {peer}: SASL authentication failed: {why}",
                           peer=self.peer, why=message)
+            self._drop_login_hold()
             self.abort_connection("authentication failed")
             return
         self.send(_SIZE.pack(len(reply)) + reply)
@@ -1188,6 +1220,45 @@ class KafkaProtocol(FramedProtocol):
             self.raw_sasl = False
             self.authenticated_as(self.sasl.user)
             self.sasl = None
+        self._release_login_hold()
+
+    def _hold_for_login(self):
+        if self._login_held is None:
+            self._login_held = deque()
+            # Shadows the method while a SASL step runs: no cost per
+            # request otherwise.
+            self.frame_received = self._hold_frame
+            self.pause_reading("login")
+
+    def _hold_frame(self, buf, start, end):
+        self._login_held.append(bytes(buf[start:end]))
+
+    def _drop_login_hold(self):
+        self._login_held = None
+        self.__dict__.pop("frame_received", None)
+
+    def _login_error(self, failure):
+        self.log.failure("kafka {peer}: SASL step failed", failure, peer=self.peer)
+        self._drop_login_hold()
+        self.abort_connection("authentication error")
+
+    def _release_login_hold(self):
+        """
+        Handle the requests received during a SASL step, in order.
+        """
+        held = self._login_held
+        self._drop_login_hold()
+        self.resume_reading("login")
+        while held and not self.closing:
+            frame = held.popleft()
+            try:
+                self.frame_received(frame, 0, len(frame))
+            except Exception as e:
+                self.frame_error(e)
+                return
+            if self._login_held is not None:
+                self._login_held.extend(held)
+                return
 
     def authenticated_as(self, user):
         self.authenticated = True

@@ -4,11 +4,17 @@ SASL for Kafka clients (SaslHandshake + SaslAuthenticate): PLAIN, and
 SCRAM-SHA-256 / SCRAM-SHA-512 (RFC 5802, RFC 7677) against the shared
 authenticator.
 
-PLAIN needs only C{authenticate(user, password, peer_host)}. SCRAM needs the
-stored SCRAM credentials of a user, which the authenticator gives through
-C{scram_credentials(user, mechanism)} returning C{(salt, iterations,
-stored_key, server_key)} or L{None}; an authenticator without that method
-offers PLAIN only.
+PLAIN needs only C{authenticate(user, password, peer_host)}, returning a
+Deferred. SCRAM needs the stored SCRAM credentials of a user, which the
+authenticator gives through C{scram_credentials(user, mechanism)} returning
+C{(salt, iterations, stored_key, server_key)} or L{None}; an authenticator
+without that method offers PLAIN only. An authenticator may also give
+C{fake_scram_credentials(user, mechanism)} (an unknown user then fails at the
+last step, as a wrong password does), C{after_login_delay(user, peer_host,
+result)} (the first reply waits as long as repeated failures call for) and
+C{login_failed(user, peer_host)} (counts a failure).
+
+L{SaslServer.step} returns its result or a Deferred of it.
 """
 
 import base64
@@ -64,7 +70,7 @@ class SaslServer:
             return None
         if name == "PLAIN":
             return PlainServer(authenticator, peer_host)
-        return ScramServer(name, authenticator)
+        return ScramServer(name, authenticator, peer_host=peer_host)
 
     def step(self, data):
         raise NotImplementedError()
@@ -91,7 +97,11 @@ class PlainServer(SaslServer):
             return False, b"", "user name is not UTF-8"
         if authzid and authzid != user:
             return False, b"", "authorization id differs from the user name"
-        if not self.authenticator.authenticate(user, password, self.peer_host):
+        d = self.authenticator.authenticate(user, password, self.peer_host)
+        return d.addCallback(self._checked, user)
+
+    def _checked(self, ok, user):
+        if not ok:
             return False, b"", "Authentication failed: invalid user name or password"
         self.user = user
         return True, b"", None
@@ -117,8 +127,11 @@ class ScramServer(SaslServer):
     RFC 5802 SCRAM, without channel binding.
     """
 
-    def __init__(self, mechanism, authenticator, nonce=None):
+    known = True
+
+    def __init__(self, mechanism, authenticator, nonce=None, peer_host=None):
         self.mechanism = mechanism
+        self.peer_host = peer_host
         self.hash = _SCRAM_HASHES[mechanism]
         self.authenticator = authenticator
         self.nonce = nonce or base64.b64encode(os.urandom(18)).decode("ascii")
@@ -147,9 +160,14 @@ class ScramServer(SaslServer):
         attrs = _attributes(bare)
         user = _unescape_name(attrs["n"])
         client_nonce = attrs["r"]
-        creds = self.authenticator.scram_credentials(user, self.mechanism)
+        authenticator = self.authenticator
+        creds = authenticator.scram_credentials(user, self.mechanism)
         if creds is None:
-            return False, b"", "Authentication failed: unknown user or no SCRAM credentials"
+            fake = getattr(authenticator, "fake_scram_credentials", None)
+            if fake is None:
+                return False, b"", "Authentication failed: unknown user or no SCRAM credentials"
+            creds = fake(user, self.mechanism)
+            self.known = False
         self.salt, self.iterations, self.stored_key, self.server_key = creds
         self.candidate = user
         self.client_first_bare = bare
@@ -157,7 +175,15 @@ class ScramServer(SaslServer):
         self.server_first = "r={},s={},i={}".format(
             self.full_nonce, base64.b64encode(self.salt).decode("ascii"), self.iterations)
         self.state = 1
-        return None, self.server_first.encode("ascii"), None
+        result = None, self.server_first.encode("ascii"), None
+        delay = getattr(authenticator, "after_login_delay", None)
+        return result if delay is None else delay(user, self.peer_host, result)
+
+    def _refused(self, why):
+        failed = getattr(self.authenticator, "login_failed", None)
+        if failed is not None:
+            failed(self.candidate, self.peer_host)
+        return False, b"", why
 
     def _final(self, text):
         self.state = 2
@@ -175,10 +201,10 @@ class ScramServer(SaslServer):
         h = self.hash
         signature = hmac.new(self.stored_key, auth_message, h).digest()
         if len(proof) != len(signature):
-            return False, b"", "Authentication failed: bad SCRAM proof"
+            return self._refused("Authentication failed: bad SCRAM proof")
         client_key = bytes(a ^ b for a, b in zip(proof, signature))
-        if not hmac.compare_digest(h(client_key).digest(), self.stored_key):
-            return False, b"", "Authentication failed: invalid user name or password"
+        if not hmac.compare_digest(h(client_key).digest(), self.stored_key) or not self.known:
+            return self._refused("Authentication failed: invalid user name or password")
         self.user = self.candidate
         server_signature = hmac.new(self.server_key, auth_message, h).digest()
         return True, b"v=" + base64.b64encode(server_signature), None

@@ -96,7 +96,8 @@ def kafka_config(**kafka_runtime):
 
 
 def kafka_params(reactor, storage=None, meta=None, offsets=None, users=None,
-                 allow_anonymous=True, acl=(), acl_default="allow", **kafka_runtime):
+                 allow_anonymous=True, acl=(), acl_default="allow", authenticator=None,
+                 **kafka_runtime):
     """
     A L{KafkaParams} over in-memory storage, metadata and offsets.
 
@@ -108,7 +109,9 @@ def kafka_params(reactor, storage=None, meta=None, offsets=None, users=None,
     connections.accepting = True
     return KafkaParams(
         reactor, kafka_config(**kafka_runtime), 5.0, connections, limiter, node,
-        Metrics(connections, node), Authenticator(users or {}, allow_anonymous),
+        Metrics(connections, node),
+        authenticator if authenticator is not None else Authenticator(
+            users or {}, allow_anonymous),
         storage if storage is not None else memory_storage(reactor),
         offsets if offsets is not None else MemoryOffsets(),
         meta if meta is not None else MemoryMeta(), Shutdown(),

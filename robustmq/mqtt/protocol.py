@@ -101,6 +101,7 @@ class MqttProtocol(FramedProtocol):
     _abort_call = None
     _auth_state = None
     _pending_connect = None
+    _login_held = None
 
     def connectionMade(self):
         FramedProtocol.connectionMade(self)
@@ -243,12 +244,63 @@ class MqttProtocol(FramedProtocol):
             self._pending_connect = p
             return self._auth_step(handler, props.get("authentication_data"))
         if p.username is not None or p.password is not None:
-            if p.username is None or not self.factory.params.authenticator.authenticate(
-                    p.username, p.password, self.peer_host):
+            if p.username is None:
                 return self.refuse(0x86, 0x04, "bad user name or password")
+            # The check runs off the event loop: the packets the client
+            # sends after CONNECT wait (in order) for its result.
+            self._hold_for_login()
+            d = self.factory.params.authenticator.authenticate(
+                p.username, p.password, self.peer_host)
+            d.addCallback(self._password_checked, p)
+            d.addErrback(self._login_error)
+            return
         elif not self.factory.params.authenticator.allow_anonymous:
             return self.refuse(0x87, 0x05, "anonymous clients not allowed")
         self.accept(p)
+
+    def _hold_for_login(self):
+        self._login_held = deque()
+        # Shadows the method while the login is checked: no cost per
+        # packet otherwise.
+        self.frame_received = self._hold_frame
+        self.pause_reading("login")
+
+    def _hold_frame(self, buf, start, end):
+        self._login_held.append(bytes(buf[start:end]))
+
+    def _drop_login_hold(self):
+        self._login_held = None
+        self.__dict__.pop("frame_received", None)
+
+    def _password_checked(self, ok, p):
+        if self.closing:
+            return
+        if not ok:
+            self._drop_login_hold()
+            return self.refuse(0x86, 0x04, "bad user name or password")
+        self.accept(p)
+        self._release_login_hold()
+
+    def _login_error(self, failure):
+        self.log.failure("mqtt {peer}: password check failed", failure, peer=self.peer)
+        self._drop_login_hold()
+        if not self.closing:
+            self.refuse(0x80, 0x03, "server error")
+
+    def _release_login_hold(self):
+        """
+        Handle the packets received while the login was checked, in order.
+        """
+        held = self._login_held
+        self._drop_login_hold()
+        self.resume_reading("login")
+        while held and not self.closing:
+            frame = held.popleft()
+            try:
+                self.frame_received(frame, 0, len(frame))
+            except Exception as e:
+                self.frame_error(e)
+                return
 
     def _auth_step(self, handler, data):
         p = self._pending_connect
@@ -768,6 +820,7 @@ class MqttProtocol(FramedProtocol):
             call.cancel()
         self._drain_call = None
         self._throttled = None
+        self._drop_login_hold()
         session = self.session
         if session is None:
             return
