@@ -16,6 +16,7 @@ from collections import deque
 from twisted.internet.defer import maybeDeferred
 
 from robustmq.kafka import codec, errors
+from robustmq.kafka.admin import ADMIN_VERSIONS, AdminHandlers
 from robustmq.kafka.acl import (
     ALTER, CLUSTER, CLUSTER_NAME, CREATE, DELETE, DESCRIBE, GROUP, READ, TOPIC, WRITE, AclError,
 )
@@ -60,6 +61,7 @@ SERVED_VERSIONS = {
     42: (0, 2),    # DeleteGroups
     60: (0, 1),    # DescribeCluster
 }
+SERVED_VERSIONS.update(ADMIN_VERSIONS)
 
 _API_VERSIONS_LIST = [
     {"api_key": k, "min_version": low, "max_version": high}
@@ -97,7 +99,7 @@ ACL_CACHE_ENTRIES = 4096
 _RESOURCE_WORD = {TOPIC: "topic", GROUP: "group", CLUSTER: "cluster"}
 
 
-class KafkaProtocol(FramedProtocol):
+class KafkaProtocol(AdminHandlers, FramedProtocol):
     """
     One Kafka client connection.
 
@@ -109,6 +111,7 @@ class KafkaProtocol(FramedProtocol):
     user = None
     client_id = None
     _login_held = None
+    LATER = _LATER
 
     def connectionMade(self):
         FramedProtocol.connectionMade(self)
@@ -159,6 +162,7 @@ class KafkaProtocol(FramedProtocol):
             42: self.handle_delete_groups,
             60: self.handle_describe_cluster,
         }
+        self.handlers.update(self.admin_handlers())
 
     # framing
 
