@@ -15,6 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
+from robustmq.mqtt.broker import landing_topic
 from robustmq.mqtt.codec import (
     Connack, Connect, Publish, Suback, Subscribe, Subscription, Will,
     decode_stream,
@@ -59,6 +60,73 @@ OWN_TOPICS = {
     "acl_default": "deny",
     "acl": [{"permission": "allow", "action": "all", "topic": "users/%u/#"}],
 }
+
+
+# -- on a memory reactor -------------------------------------------------------
+
+class WillTests(SynchronousTestCase):
+    def test_will_denied(self):
+        """
+        A will the ACL does not allow is refused at CONNECT.
+        """
+        h = Harness(security=OWN_TOPICS, users=users("alice"))
+        for level, code in ((4, 5), (5, 0x87)):
+            c = h.client(level)
+            (ack,) = c.connect("a%d" % level, **creds("alice"),
+                               will=Will("users/bob/status", b"forged", 1, True))
+            self.assertEqual(ack.reason_code, code)
+            self.assertTrue(c.lost())
+        self.assertEqual(len(h.broker.retained), 0)
+        self.assertEqual(rejected(h, "will_denied"), 2)
+        c = h.client(4)
+        (ack,) = c.connect("ok", **creds("alice"),
+                           will=Will("users/alice/status", b"gone", 1, True))
+        self.assertEqual(ack.reason_code, 0)
+        c.drop()
+        self.assertEqual(h.broker.retained.get("users/alice/status").payload,
+                         b"gone")
+
+    def test_will_never_on_sys(self):
+        """
+        A will for C{$SYS}, directly or through a delayed publish, is
+        refused whatever the ACL says; so is a delayed PUBLISH there.
+        """
+        h = Harness(security={"acl": [
+            {"permission": "allow", "action": "all", "topic": "$SYS/#"}]})
+        for topic in ("$SYS/brokers/1/version", "$SYS",
+                      "$delayed/0/$SYS/brokers/1/version"):
+            c = h.client(5)
+            (ack,) = c.connect("w", will=Will(topic, b"x"))
+            self.assertEqual(ack.reason_code, 0x87, topic)
+        c = h.client(5)
+        c.connect("p")
+        c.send(Publish("$delayed/0/$SYS/brokers/1/version", b"x", 1,
+                       packet_id=1))
+        (ack,) = c.received()
+        self.assertEqual(ack.reason_code, 0x87)
+        h.reactor.advance(1)
+        self.assertEqual(h.broker.delayed, {})
+        self.assertEqual(len(h.broker.retained), 0)
+
+    def test_delayed_publish_checks_its_topic(self):
+        """
+        The ACL of a delayed publish is the one of the topic it lands on.
+        """
+        self.assertEqual(landing_topic("$delayed/5/a/b"), "a/b")
+        self.assertEqual(landing_topic("a/b"), "a/b")
+        h = Harness(security={"acl": [
+            {"permission": "deny", "action": "publish", "topic": "secret/#"}]})
+        s = h.client(4)
+        s.connect("s")
+        s.send(sub(1, ("secret/#", 1)))
+        s.received()
+        c = h.client(5)
+        c.connect("p")
+        c.send(Publish("$delayed/0/secret/x", b"x", 1, packet_id=1))
+        (ack,) = c.received()
+        self.assertEqual(ack.reason_code, 0x87)
+        h.reactor.advance(1)
+        self.assertEqual(s.received(), [])
 
 
 # -- the real broker with real clients -----------------------------------------
@@ -113,6 +181,93 @@ class SecureBrokerTestCase(MqttBrokerTestCase):
         code, _ = client.connect()
         client.client.loop_stop()
         return code
+
+
+class WillAclTests(SecureBrokerTestCase):
+    """
+    Item: a will (retained or not) is a publish: checked against the ACL
+    at CONNECT, and never on C{$SYS}.
+    """
+
+    @inlineCallbacks
+    def test_will_checked_at_connect(self):
+        acl = OWN_TOPICS["acl"] + [
+            {"permission": "allow", "action": "subscribe", "topic": "#",
+             "user": "watcher"}]
+        yield self.start_broker(security=self.secure("alice", "watcher",
+                                                     acl=acl))
+        watcher = self.user("watcher", "watcher", v5=True)
+        forged = self.user("alice", "forger",
+                           will=("users/bob/status", b"forged", 1, True))
+        forged5 = self.user("alice", "forger5", v5=True,
+                            will=("users/bob/status", b"forged", 1, True))
+        honest = self.user("alice", "honest",
+                           will=("users/alice/status", b"gone", 1, False))
+
+        def scenario():
+            watcher.connect()
+            watcher.subscribe("users/#", 1)
+            codes = []
+            for client in (forged, forged5):
+                code, _ = client.connect()
+                if code == 0:
+                    client.stop()
+                else:
+                    client.client.loop_stop()
+                codes.append(code)
+            forged_quiet = watcher.nothing(0.5)
+            honest.connect()
+            honest.stop()
+            will = watcher.receive(1)[0]
+            late = self.user("watcher", "late")
+            late.connect()
+            late.subscribe("users/bob/#", 1)
+            return codes, forged_quiet, (will.topic, will.payload), late.nothing(0.3)
+
+        codes, forged_quiet, will, no_retained = yield deferToThread(scenario)
+        self.assertIn(codes[0], (5, 0x87))
+        self.assertEqual(codes[1], 0x87)
+        self.assertTrue(forged_quiet)
+        self.assertEqual(will, ("users/alice/status", b"gone"))
+        self.assertTrue(no_retained)
+
+    @inlineCallbacks
+    def test_will_never_on_sys(self):
+        acl = [
+            {"permission": "allow", "action": "all", "topic": "$SYS/#",
+             "user": "root"},
+            {"permission": "allow", "action": "all", "topic": "$delayed/#",
+             "user": "root"},
+        ]
+        yield self.start_broker(security=self.secure("root", acl=acl),
+                                protocol={"sys_interval_s": 0})
+        watcher = self.user("root", "watcher", v5=True)
+        direct = self.user("root", "w1", v5=True,
+                           will=("$SYS/brokers/1/version", b"evil", 0, True))
+        delayed = self.user("root", "w2",
+                            will=("$delayed/0/$SYS/brokers/1/version", b"evil",
+                                  0, True))
+        publisher = self.user("root", "pub")
+
+        def scenario():
+            watcher.connect()
+            watcher.subscribe("$SYS/#", 0)
+            codes = []
+            for client in (direct, delayed):
+                code, _ = client.connect()
+                if code == 0:
+                    client.stop()
+                else:
+                    client.client.loop_stop()
+                codes.append(code)
+            publisher.connect()
+            publisher.publish("$delayed/0/$SYS/brokers/1/uptime", b"evil", 1)
+            return codes, watcher.nothing(1.0)
+
+        codes, quiet = yield deferToThread(scenario)
+        self.assertEqual(codes[0], 0x87)
+        self.assertIn(codes[1], (5, 0x87))
+        self.assertTrue(quiet)
 
 
 class PlaceholderTests(SecureBrokerTestCase):

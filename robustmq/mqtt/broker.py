@@ -44,6 +44,26 @@ _FORWARDED = frozenset((
     "response_topic", "correlation_data", "user_property"))
 
 
+def landing_topic(topic):
+    """
+    The topic a message published to C{topic} is routed to: the topic
+    itself, or for a delayed publish C{$delayed/<seconds>/<topic>} the
+    topic after the delay (which is what the ACL and the C{$SYS} guard
+    check).
+    """
+    while topic[:9] == _DELAYED:
+        topic = topic[9:].partition("/")[2]
+    return topic
+
+
+def is_sys_topic(topic):
+    """
+    Whether C{topic} is one of the broker's C{$SYS} topics, which clients
+    never publish to.
+    """
+    return topic[:5] == "$SYS/" or topic == "$SYS"
+
+
 def forwarded_properties(props):
     """
     The properties of a received PUBLISH (or will) that travel with the
