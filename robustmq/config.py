@@ -897,6 +897,13 @@ class MqttRuntimeConfig(RuntimeConfig):
     """
 
     protocol: MqttProtocolConfig = section(MqttProtocolConfig, "MQTT protocol settings.")
+    session_owner_check: str = setting(
+        String(choices=("refuse", "fresh")),
+        "A session belongs to the user that created it; a CONNECT of another user with"
+        " its client id is refused (refuse: CONNACK 0x87, return code 5 on 3.1/3.1.1)"
+        " or gets a fresh session, the old one being ended (fresh).",
+        "refuse",
+    )
 
 
 @frozen(kw_only=True)

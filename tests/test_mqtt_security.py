@@ -15,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
 
-from robustmq.mqtt.broker import landing_topic
+from robustmq.mqtt.broker import UNKNOWN_OWNER, Session, landing_topic
 from robustmq.mqtt.codec import (
     Connack, Connect, Publish, Suback, Subscribe, Subscription, Will,
     decode_stream,
@@ -63,6 +63,138 @@ OWN_TOPICS = {
 
 
 # -- on a memory reactor -------------------------------------------------------
+
+
+class SessionOwnerTests(SynchronousTestCase):
+    def harness(self, **kwargs):
+        return Harness(security=OWN_TOPICS, users=users("alice", "mallory"),
+                       **kwargs)
+
+    def queued_for_alice(self, h, level=4):
+        alice = h.client(level)
+        alice.send(login("alice", "alice-phone", level, clean_start=False,
+                         properties={"session_expiry_interval": 600}
+                         if level == 5 else {}))
+        alice.send(sub(1, ("users/alice/inbox", 1)))
+        alice.received()
+        alice.drop()
+        sender = h.client(4)
+        sender.send(login("alice", "alice-laptop"))
+        for i in range(3):
+            sender.send(Publish("users/alice/inbox", b"%d" % i, 1,
+                                packet_id=i + 1))
+        return sender
+
+    def test_refused(self):
+        """
+        Another user's CONNECT with the client id of an existing session
+        is refused (CONNACK 0x87, return code 5 on 3.1.1) and leaves the
+        session, and its owner's connection, as they were.
+        """
+        for level, code in ((4, 5), (5, 0x87)):
+            h = self.harness()
+            self.queued_for_alice(h, level)
+            mallory = h.client(level)
+            (ack,) = mallory.connect("alice-phone", clean_start=False,
+                                     **creds("mallory"))
+            self.assertEqual(ack.reason_code, code)
+            self.assertFalse(ack.session_present)
+            self.assertTrue(mallory.lost())
+            session = h.broker.sessions["alice-phone"]
+            self.assertEqual((session.owner, len(session.queue)), ("alice", 3))
+            alice = h.client(level)
+            ack, *msgs = alice.connect("alice-phone", clean_start=False,
+                                       **creds("alice"))
+            self.assertTrue(ack.session_present)
+            self.assertEqual([m.payload for m in msgs], [b"0", b"1", b"2"])
+            # Online, the owner is not displaced either.
+            mallory = h.client(level)
+            (ack,) = mallory.connect("alice-phone", clean_start=True,
+                                     **creds("mallory"))
+            self.assertEqual(ack.reason_code, code)
+            self.assertFalse(alice.lost())
+            self.assertIs(h.broker.sessions["alice-phone"].conn, alice.proto)
+            self.assertEqual(rejected(h, "session_owner"), 2)
+
+    def test_anonymous_and_users_differ(self):
+        """
+        An anonymous session is not taken by a user, nor a user's session
+        by an anonymous client.
+        """
+        h = Harness(users=users("alice"))
+        anon = h.client(4)
+        anon.connect("shared", clean_start=False)
+        anon.drop()
+        alice = h.client(4)
+        (ack,) = alice.connect("shared", **creds("alice"))
+        self.assertEqual(ack.reason_code, 5)
+        alice = h.client(4)
+        alice.connect("mine", clean_start=False, **creds("alice"))
+        alice.drop()
+        anon = h.client(4)
+        (ack,) = anon.connect("mine")
+        self.assertEqual(ack.reason_code, 5)
+
+    def test_fresh(self):
+        """
+        With C{session_owner_check = "fresh"} the other user gets a new,
+        empty session of its own: nothing of the old one reaches it.
+        """
+        h = self.harness(runtime={"session_owner_check": "fresh"})
+        self.queued_for_alice(h)
+        mallory = h.client(4)
+        (ack,) = mallory.connect("alice-phone", clean_start=False,
+                                 **creds("mallory"))
+        self.assertEqual((ack.reason_code, ack.session_present), (0, False))
+        session = h.broker.sessions["alice-phone"]
+        self.assertEqual((session.owner, session.subs, len(session.queue)),
+                         ("mallory", {}, 0))
+        sender = h.client(4)
+        sender.send(login("alice", "alice-tablet"),
+                    Publish("users/alice/inbox", b"live", 1, packet_id=9))
+        self.assertEqual(mallory.received(), [])
+
+    def test_owner_is_stored(self):
+        """
+        The owner is in the stored session record; a record stored before
+        owners were gives a session the first user to resume claims.
+        """
+        session = Session("c", 600, "alice")
+        self.assertEqual(session.record()["owner"], "alice")
+        self.assertIsNone(Session("c", 600).record()["owner"])
+        legacy = Session("c", 600, UNKNOWN_OWNER)
+        self.assertNotIn("owner", legacy.record())
+
+    def test_resume_rechecks_acl(self):
+        """
+        A resumed session's subscriptions and queued messages are checked
+        against the ACL of the new connection: what it may not read is
+        dropped (and counted), the rest delivered.
+        """
+        h = Harness(security={"acl_default": "deny", "acl": [
+            {"permission": "allow", "action": "subscribe", "topic": "lan/#",
+             "ip": "127.0.0.1"},
+            {"permission": "allow", "action": "all", "topic": "open/#"},
+            {"permission": "allow", "action": "publish", "topic": "#"},
+        ]})
+        c = h.client(4)
+        c.connect("roamer", clean_start=False)
+        c.send(sub(1, ("lan/#", 1), ("open/#", 1)))
+        c.received()
+        c.drop()
+        p = h.client(4)
+        p.connect("p")
+        p.send(Publish("lan/secret", b"lan", 1, packet_id=1),
+               Publish("open/x", b"open", 1, packet_id=2))
+        c = h.client(4, host="192.0.2.7")
+        ack, *msgs = c.connect("roamer", clean_start=False)
+        self.assertTrue(ack.session_present)
+        self.assertEqual([m.payload for m in msgs], [b"open"])
+        self.assertEqual(sorted(h.broker.sessions["roamer"].subs), ["open/#"])
+        self.assertEqual(h.counter("not_authorized"), 1)
+        p.send(Publish("lan/secret", b"later", 1, packet_id=3))
+        self.assertEqual(c.received(), [])
+
 
 class WillTests(SynchronousTestCase):
     def test_will_denied(self):
@@ -181,6 +313,113 @@ class SecureBrokerTestCase(MqttBrokerTestCase):
         code, _ = client.connect()
         client.client.loop_stop()
         return code
+
+
+class SessionTakeoverTests(SecureBrokerTestCase):
+    """
+    Item: a user connecting with another user's client id and clean
+    session 0 gets neither its queued nor its live messages.
+    """
+
+    @inlineCallbacks
+    def check_refused(self, v5):
+        yield self.start_broker(security=self.secure("alice", "mallory"))
+        props = connect_props(SessionExpiryInterval=600) if v5 else None
+
+        def phone(name):
+            return self.user(name, "alice-phone", v5=v5, clean=False,
+                             properties=props)
+
+        alice = phone("alice")
+        sender = self.user("alice", "alice-laptop")
+
+        def scenario():
+            alice.connect()
+            alice.subscribe("users/alice/inbox", 1)
+            alice.disconnect()
+            sender.connect()
+            for i in range(3):
+                sender.publish("users/alice/inbox", b"%d" % i, 1)
+            mallory = phone("mallory")
+            code = self.refused(mallory)
+            stolen = not mallory.nothing(0.3)
+            again = phone("alice")
+            present = again.connect()[1]
+            got = [m.payload for m in again.receive(3)]
+            online_code = self.refused(phone("mallory"))
+            sender.publish("users/alice/inbox", b"live", 1)
+            live = [m.payload for m in again.receive(1)]
+            return code, stolen, present, got, online_code, live, mallory.nothing(0.2)
+
+        code, stolen, present, got, online_code, live, quiet = (
+            yield deferToThread(scenario))
+        self.assertIn(code, (5, 0x87))
+        self.assertIn(online_code, (5, 0x87))
+        self.assertFalse(stolen)
+        self.assertTrue(present)
+        self.assertEqual(got, [b"0", b"1", b"2"])
+        self.assertEqual(live, [b"live"])
+        self.assertTrue(quiet)
+
+    def test_refused_v311(self):
+        return self.check_refused(False)
+
+    def test_refused_v5(self):
+        return self.check_refused(True)
+
+    @inlineCallbacks
+    def test_fresh(self):
+        yield self.start_broker(security=self.secure("alice", "mallory"),
+                                runtime={"session_owner_check": "fresh"})
+        alice = self.user("alice", "alice-phone", clean=False)
+        sender = self.user("alice", "alice-laptop")
+        mallory = self.user("mallory", "alice-phone", clean=False)
+
+        def scenario():
+            alice.connect()
+            alice.subscribe("users/alice/inbox", 1)
+            alice.disconnect()
+            sender.connect()
+            sender.publish("users/alice/inbox", b"queued", 1)
+            connack = mallory.connect()
+            sender.publish("users/alice/inbox", b"live", 1)
+            return connack, mallory.nothing(0.5)
+
+        connack, quiet = yield deferToThread(scenario)
+        self.assertEqual(connack, (0, False))
+        self.assertTrue(quiet)
+
+    @inlineCallbacks
+    def test_owner_survives_restart(self):
+        security = self.secure("alice", "mallory")
+        yield self.start_broker(security=security)
+        alice = self.user("alice", "alice-phone", clean=False)
+
+        def before():
+            alice.connect()
+            alice.subscribe("users/alice/inbox", 1)
+            alice.disconnect()
+
+        yield deferToThread(before)
+        yield self.broker.stopService()
+        yield self.start_broker(security=security)
+        sender = self.user("alice", "alice-laptop")
+        mallory = self.user("mallory", "alice-phone", clean=False)
+        again = self.user("alice", "alice-phone", clean=False)
+
+        def after():
+            sender.connect()
+            sender.publish("users/alice/inbox", b"after restart", 1)
+            code = self.refused(mallory)
+            stolen = not mallory.nothing(0.3)
+            present = again.connect()[1]
+            return code, stolen, present, [m.payload for m in again.receive(1)]
+
+        code, stolen, present, got = yield deferToThread(after)
+        self.assertIn(code, (5, 0x87))
+        self.assertFalse(stolen)
+        self.assertTrue(present)
+        self.assertEqual(got, [b"after restart"])
 
 
 class WillAclTests(SecureBrokerTestCase):

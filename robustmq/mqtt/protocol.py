@@ -359,6 +359,19 @@ class MqttProtocol(FramedProtocol):
             return self.refuse(0x87, 0x05, "client %r user %r may not publish"
                                " its will to %r" % (client_id, p.username,
                                                     will.topic))
+        clean_start = p.clean_start
+        if broker.owned_by_other(client_id, p.username):
+            if self.factory.params.config.session_owner_check == "refuse":
+                self.factory.params.metrics.connection_rejected(
+                    "mqtt", "session_owner")
+                return self.refuse(0x87, 0x05, "user %r may not take the"
+                                   " session of client %r of another user"
+                                   % (p.username, client_id))
+            self.log.info(
+                "mqtt {peer}: session of client {client_id!r} belongs to"
+                " another user: a fresh session for user {user!r}",
+                peer=self.peer, client_id=client_id, user=p.username)
+            clean_start = True
         ack = {}
         if level == MQTT_5:
             expiry = props.get("session_expiry_interval", 0)
@@ -414,7 +427,7 @@ class MqttProtocol(FramedProtocol):
         if self._pending_connect is not None:
             self._pending_connect = None
         self.accepted = True
-        session, present = broker.open_session(self, client_id, p.clean_start,
+        session, present = broker.open_session(self, client_id, clean_start,
                                                expiry)
         self.session = session
         self.send(Connack(present, 0, ack).encode(level))
