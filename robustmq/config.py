@@ -837,6 +837,13 @@ class MqttProtocolConfig:
         "What a full queue drops: the arriving message or the oldest queued one.",
         "drop_new",
     )
+    max_queued_bytes: int = setting(
+        Integer(minimum=0),
+        "Payload bytes of the messages queued per session (next to max_queued_messages;"
+        " a full queue drops by queue_drop_policy, and a message larger than the limit"
+        " is never queued); 0 = unlimited.",
+        16777216,
+    )
     max_session_expiry_s: int = setting(
         Integer(minimum=0),
         "Longest session expiry interval granted, in seconds; also the expiry of"

@@ -261,6 +261,60 @@ class WillTests(SynchronousTestCase):
         self.assertEqual(s.received(), [])
 
 
+class QueueBytesTests(SynchronousTestCase):
+    def test_offline_queue_bytes(self):
+        """
+        An offline session queues at most C{max_queued_bytes} of payload;
+        the queue's count and byte size stay in step.
+        """
+        for policy, kept in (("drop_new", [b"0", b"1"]),
+                             ("drop_oldest", [b"3", b"4"])):
+            h = Harness(protocol={"max_queued_bytes": 2500,
+                                  "queue_drop_policy": policy})
+            s = h.client(4)
+            s.connect("s", clean_start=False)
+            s.send(sub(1, ("t", 1)))
+            s.drop()
+            p = h.client(4)
+            p.connect("p")
+            for i in range(5):
+                p.send(Publish("t", b"%d" % i + b"x" * 999, 1,
+                               packet_id=i + 1))
+            # Larger than the limit: never queued, whatever the policy.
+            p.send(Publish("t", b"y" * 3000, 1, packet_id=9))
+            session = h.broker.sessions["s"]
+            self.assertEqual(session.queued_bytes, 2000)
+            self.assertEqual(h.counter("queue_full"), 4)
+            s = h.client(4)
+            ack, *msgs = s.connect("s", clean_start=False)
+            self.assertEqual([m.payload[:1] for m in msgs], kept)
+            self.assertEqual(session.queued_bytes, 0)
+
+    def test_slow_subscriber_bytes(self):
+        """
+        A connected client that does not read: its queue stops at the byte
+        limit; once it reads again, the queue drains to zero bytes.
+        """
+        h = Harness(protocol={"max_queued_bytes": 10000})
+        s = h.client(4)
+        s.connect("slow")
+        s.send(sub(1, ("t", 1)))
+        s.received()
+        s.proto.pauseProducing()
+        p = h.client(4)
+        p.connect("p")
+        for i in range(50):
+            p.send(Publish("t", b"z" * 1000, 1, packet_id=i + 1))
+        session = h.broker.sessions["slow"]
+        self.assertEqual((len(session.queue), session.queued_bytes),
+                         (10, 10000))
+        self.assertEqual(h.counter("queue_full"), 40)
+        s.proto.resumeProducing()
+        msgs = s.received()
+        self.assertEqual(len(msgs), 10)
+        self.assertEqual(session.queued_bytes, 0)
+
+
 # -- the real broker with real clients -----------------------------------------
 
 
@@ -548,3 +602,98 @@ class PlaceholderTests(SecureBrokerTestCase):
         self.assertEqual(codes, {"victim": [1, 1], "#": [0x80], "+": [0x87],
                                  "victim/x": [0x80], "user +": [0x80]})
         self.assertTrue(quiet)
+
+
+class SlowSubscriberTests(SecureBrokerTestCase):
+    """
+    Item: a subscriber that never reads, sent many 1 MB QoS 1 messages,
+    holds at most C{max_queued_bytes} in its session queue, while other
+    clients keep working.
+    """
+
+    LIMIT = 8 * 1024 * 1024
+    SIZE = 1000000
+    COUNT = 40
+
+    def stalled_subscriber(self, client_id, clean):
+        """
+        A raw socket that subscribes to C{big/#} at QoS 1, then never
+        reads again.
+        """
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(WAIT)
+        sock.connect(("127.0.0.1", self.port("tcp")))
+        self.addCleanup(sock.close)
+        sock.sendall(Connect(client_id, clean_start=clean, keep_alive=60)
+                     .encode(4))
+        sock.sendall(sub(1, ("big/#", 1)).encode(4))
+        data = b""
+        while len(data) < 9:
+            data += sock.recv(9 - len(data))
+        packets = [p for p, _ in decode_stream(data, 0, 4)]
+        assert [type(p) for p in packets] == [Connack, Suback], packets
+        return sock
+
+    @inlineCallbacks
+    def check_bounded(self, clean):
+        yield self.start_broker(protocol={"max_queued_bytes": self.LIMIT})
+        broker = self.mqtt_broker()
+        yield deferToThread(self.stalled_subscriber, "stalled", clean)
+        reader = self.paho("tcp", "reader")
+        publisher = self.paho("tcp", "publisher")
+        other_sub = self.paho("tcp", "other-sub")
+        other_pub = self.paho("tcp", "other-pub")
+        received = []
+        peak = []
+
+        def scenario():
+            reader.connect()
+            reader.subscribe("big/#", 1)
+            # Only the sizes are kept: the test holds no payload.
+            reader.client.on_message = lambda c, u, m: received.append(
+                len(m.payload))
+            other_sub.connect()
+            other_sub.subscribe("small/#", 1)
+            other_pub.connect()
+            publisher.connect()
+            payload = b"m" * self.SIZE
+            for i in range(self.COUNT):
+                publisher.publish("big/%d" % i, payload, 1)
+                peak.append(reactor_state())
+                other_pub.publish("small/%d" % i, b"%d" % i, 1)
+            smalls = [m.payload for m in other_sub.receive(self.COUNT)]
+            deadline = WAIT * 10
+            while len(received) < self.COUNT and deadline:
+                other_sub.nothing(0.1)
+                deadline -= 1
+            return smalls
+
+        session = broker.sessions["stalled"]
+
+        def reactor_state():
+            # Read from the test thread: a snapshot is enough for a bound.
+            return session.queued_bytes, len(session.queue), len(session.inflight)
+
+        smalls = yield deferToThread(scenario)
+        self.assertEqual(smalls, [b"%d" % i for i in range(self.COUNT)])
+        self.assertEqual(received, [self.SIZE] * self.COUNT)
+        self.assertIs(broker.sessions["stalled"], session)
+        self.assertIsNotNone(session.conn)
+        self.assertEqual(session.persistent, not clean)
+        for queued_bytes, queued, inflight in peak + [reactor_state()]:
+            self.assertLessEqual(queued_bytes, self.LIMIT)
+            self.assertLessEqual(queued, self.LIMIT // self.SIZE)
+        self.assertEqual(session.queued_bytes,
+                         sum(len(e[0].payload) for e in session.queue))
+        self.assertGreater(len(session.queue), 0)
+        dropped = broker.params.metrics.registry.get_sample_value(
+            "robustmq_mqtt_messages_dropped_total", {"reason": "queue_full"})
+        self.assertEqual(dropped, self.COUNT - len(session.queue)
+                         - len(session.inflight))
+
+    def test_clean_session(self):
+        return self.check_bounded(clean=True)
+
+    def test_persistent_session(self):
+        return self.check_bounded(clean=False)

@@ -194,6 +194,7 @@ class Session:
     @ivar queue: messages waiting for room in the in-flight window or for the
         client to come back: C{[msg, qos, retain, sub_ids, group]} (a
         deque, or an empty tuple until the first one).
+    @ivar queued_bytes: the payload bytes of the messages in C{queue}.
     @ivar awaiting_rel: packet id -> journal id (or L{None}) of received
         QoS 2 PUBLISH waiting for PUBREL.
     @ivar journaled: what it holds is written in the session journal.
@@ -204,11 +205,12 @@ class Session:
     __slots__ = ("client_id", "conn", "expiry", "subs", "inflight", "queue",
                  "awaiting_rel", "next_id", "will", "will_timer",
                  "expiry_timer", "level", "disconnected_at", "journaled",
-                 "owner")
+                 "owner", "queued_bytes")
 
     def __init__(self, client_id, expiry=0, owner=None):
         self.client_id = client_id
         self.owner = owner
+        self.queued_bytes = 0
         self.conn = None
         self.expiry = expiry
         self.subs = {}
@@ -287,6 +289,7 @@ class Broker:
         config = self.config
         self.max_qos = config.max_qos
         self.max_queued = config.max_queued_messages
+        self.max_queued_bytes = config.max_queued_bytes
         self.drop_oldest = config.queue_drop_policy == "drop_oldest"
         self.strategy = config.shared_subscription_strategy
         metrics = params.metrics
@@ -411,6 +414,7 @@ class Broker:
                         session.queue = deque()
                     session.queue.append([item.message, item.qos, item.retain,
                                           item.sub_ids, None])
+                    session.queued_bytes += len(item.message.payload)
                 queued += 1
         for client_id, held in waiting.items():
             session = self.sessions.get(client_id)
@@ -538,6 +542,7 @@ class Broker:
                     dropped.append(entry[0])
             if dropped:
                 session.queue = keep
+                session.queued_bytes = sum(len(e[0].payload) for e in keep)
         for packet_id, entry in list(session.inflight.items()):
             if not entry[4] and not may_read(entry[0].topic):
                 del session.inflight[packet_id]
@@ -678,6 +683,7 @@ class Broker:
             session.journaled = False
         session.inflight.clear()
         session.queue = _NO_QUEUE
+        session.queued_bytes = 0
         session.awaiting_rel.clear()
         self.store.delete_session(session.client_id)
 
@@ -700,6 +706,7 @@ class Broker:
         if not moved:
             return
         session.queue = keep
+        session.queued_bytes = sum(len(entry[0].payload) for entry in keep)
         if session.journaled:
             for group, msg, qos in moved:
                 self.journal.done(session, msg)
@@ -970,16 +977,23 @@ class Broker:
         queue = session.queue
         if queue is _NO_QUEUE:
             queue = session.queue = deque()
+        size = len(entry[0].payload)
         limit = self.max_queued
-        if limit and len(queue) >= limit:
-            if not self.drop_oldest:
+        byte_limit = self.max_queued_bytes
+        if (limit and len(queue) >= limit) or (
+                byte_limit and session.queued_bytes + size > byte_limit):
+            if not self.drop_oldest or (byte_limit and size > byte_limit):
                 self.drop_queue_full.inc()
                 return
-            old = queue.popleft()
-            self.drop_queue_full.inc()
-            if session.journaled:
-                self.journal.done(session, old[0])
+            while queue and ((limit and len(queue) >= limit) or (
+                    byte_limit and session.queued_bytes + size > byte_limit)):
+                old = queue.popleft()
+                session.queued_bytes -= len(old[0].payload)
+                self.drop_queue_full.inc()
+                if session.journaled:
+                    self.journal.done(session, old[0])
         queue.append(entry)
+        session.queued_bytes += size
         if session.persistent and self.journal.enabled:
             session.journaled = True
             self.journal.add(session, entry[0], entry[1], entry[2], entry[3])
@@ -997,6 +1011,7 @@ class Broker:
         now = None
         while queue and len(inflight) < quota and not conn.output_paused:
             msg, qos, retain, sub_ids, group = queue.popleft()
+            session.queued_bytes -= len(msg.payload)
             if msg.expiry_at is not None:
                 if now is None:
                     now = self.reactor.seconds()
