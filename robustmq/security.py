@@ -568,13 +568,13 @@ class Authorizer:
     #: (rule, user, client id) already logged for a widening value; cleared
     #: when it reaches this size.
     max_logged = 10000
+    _logged = None
 
     def __init__(self, rules, default="allow"):
         self._rules = [_Rule(r) for r in rules if r.action in MQTT_ACL_ACTIONS]
         self.default_allow = default == "allow"
         #: The Kafka rules, evaluated by L{robustmq.kafka.acl.KafkaAcl}.
         self.kafka_rules = tuple(r for r in rules if r.action not in MQTT_ACL_ACTIONS)
-        self._logged = set()
 
     @classmethod
     def from_config(cls, security):
@@ -618,11 +618,14 @@ class Authorizer:
 
     def _widening(self, index, rule, user, client_id):
         key = (index, user, client_id)
-        if key in self._logged:
+        logged = self._logged
+        if logged is None:
+            logged = self._logged = set()
+        elif key in logged:
             return
-        if len(self._logged) >= self.max_logged:
-            self._logged.clear()
-        self._logged.add(key)
+        if len(logged) >= self.max_logged:
+            logged.clear()
+        logged.add(key)
         self.log.warn(
             "acl: rule {index} ({topic!r}) skipped for user {user!r} client id {client_id!r}:"
             " a user name or client id holding '+', '#' or '/' would widen it",

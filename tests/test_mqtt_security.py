@@ -13,6 +13,7 @@ from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from robustmq.mqtt.broker import UNKNOWN_OWNER, Session, landing_topic
@@ -20,9 +21,10 @@ from robustmq.mqtt.codec import (
     Connack, Connect, Publish, Suback, Subscribe, Subscription, Will,
     decode_stream,
 )
-from robustmq.security import hash_password
+from robustmq.security import Authorizer, hash_password
 from robustmq.server import BrokerServer
 from tests.mqtt_helpers import Harness
+from tests.test_security import Rule
 from tests.test_mqtt_integration import (
     WAIT, MqttBrokerTestCase, broker_config, paho,
 )
@@ -259,6 +261,49 @@ class WillTests(SynchronousTestCase):
         self.assertEqual(ack.reason_code, 0x87)
         h.reactor.advance(1)
         self.assertEqual(s.received(), [])
+
+
+class PlaceholderRuleTests(SynchronousTestCase):
+    def test_values_never_widen(self):
+        """
+        A user name or client id holding C{+}, C{#} or C{/} makes a rule
+        with C{%u}/C{%c} not match (the next rule decides); each case is
+        logged once, however often it is checked.
+        """
+        a = Authorizer([
+            Rule("allow", "all", "clients/%c"),
+            Rule("allow", "all", "users/%u/#"),
+            Rule("deny", "publish", "private/%c/#"),
+            Rule("allow", "publish", "private/#"),
+        ], "deny")
+        with capturedLogs() as events:
+            for _ in range(5):
+                self.assertFalse(a.check("subscribe", "clients/#", client_id="#"))
+                self.assertFalse(a.check("publish", "clients/x", client_id="+"))
+                self.assertFalse(a.check("publish", "clients/a/b", client_id="a/b"))
+                self.assertFalse(a.check("subscribe", "users/+/#", user="+"))
+                self.assertFalse(a.check("publish", "users/bob/x", user="#"))
+                self.assertFalse(a.check("publish", "users/a/b/x", user="a/b"))
+            # A deny rule with a widening value does not match either.
+            self.assertTrue(a.check("publish", "private/x/y", client_id="x/+"))
+        self.assertTrue(a.check("publish", "clients/c1", client_id="c1"))
+        self.assertTrue(a.check("publish", "users/bob/x", user="bob"))
+        self.assertFalse(a.check("publish", "private/c1/x", client_id="c1"))
+        logged = sorted((e["index"], e["user"], e["client_id"]) for e in events)
+        self.assertEqual(logged, [
+            (0, None, "#"), (0, None, "+"), (0, None, "a/b"), (0, None, "x/+"),
+            (1, "#", None), (1, "+", None), (1, "a/b", None),
+            (2, None, "+"), (2, None, "a/b"), (2, None, "x/+"),
+        ])
+        self.assertTrue(all(e["log_level"].name == "warn" for e in events))
+
+    def test_log_is_bounded(self):
+        a = Authorizer([Rule("allow", "all", "clients/%c")], "deny")
+        self.patch(Authorizer, "max_logged", 3)
+        with capturedLogs():
+            for i in range(10):
+                a.check("publish", "clients/x", client_id="#%d" % i)
+        self.assertLessEqual(len(a._logged), 3)
 
 
 class QueueBytesTests(SynchronousTestCase):
