@@ -837,6 +837,13 @@ class MqttProtocolConfig:
         "What a full queue drops: the arriving message or the oldest queued one.",
         "drop_new",
     )
+    max_queued_bytes: int = setting(
+        Integer(minimum=0),
+        "Payload bytes of the messages queued per session (next to max_queued_messages;"
+        " a full queue drops by queue_drop_policy, and a message larger than the limit"
+        " is never queued); 0 = unlimited.",
+        16777216,
+    )
     max_session_expiry_s: int = setting(
         Integer(minimum=0),
         "Longest session expiry interval granted, in seconds; also the expiry of"
@@ -897,6 +904,13 @@ class MqttRuntimeConfig(RuntimeConfig):
     """
 
     protocol: MqttProtocolConfig = section(MqttProtocolConfig, "MQTT protocol settings.")
+    session_owner_check: str = setting(
+        String(choices=("refuse", "fresh")),
+        "A session belongs to the user that created it; a CONNECT of another user with"
+        " its client id is refused (refuse: CONNACK 0x87, return code 5 on 3.1/3.1.1)"
+        " or gets a fresh session, the old one being ended (fresh).",
+        "refuse",
+    )
 
 
 @frozen(kw_only=True)

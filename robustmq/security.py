@@ -527,8 +527,17 @@ def filter_covers(rule_filter, requested):
     return len(f) == len(r)
 
 
+def _widens(value):
+    """
+    Whether a user name or client id put into a topic filter would add
+    levels or wildcards to it.
+    """
+    return "+" in value or "#" in value or "/" in value
+
+
 class _Rule:
-    __slots__ = ("allow", "actions", "topic", "user", "client_id", "network", "placeholders")
+    __slots__ = ("allow", "actions", "topic", "user", "client_id", "network", "placeholders",
+                 "has_user", "has_client_id")
 
     def __init__(self, rule):
         self.allow = rule.permission == "allow"
@@ -537,14 +546,29 @@ class _Rule:
         self.user = rule.user
         self.client_id = rule.client_id
         self.network = ipaddress.ip_network(rule.ip, strict=False) if rule.ip else None
-        self.placeholders = "%u" in rule.topic or "%c" in rule.topic
+        self.has_user = "%u" in rule.topic
+        self.has_client_id = "%c" in rule.topic
+        self.placeholders = self.has_user or self.has_client_id
 
 
 @implementer(IAuthorizer)
 class Authorizer:
     """
     First matching rule wins; C{default} (C{"allow"} or C{"deny"}) decides the rest.
+
+    A rule with C{%u} or C{%c} does not match a client whose user name or
+    client id holds C{+}, C{#} or C{/}: put into the topic filter, such a
+    value would widen the rule (a client id C{#} turning C{clients/%c} into
+    C{clients/#}). Each such case is logged once per rule, user and client
+    id.
     """
+
+    log = Logger()
+
+    #: (rule, user, client id) already logged for a widening value; cleared
+    #: when it reaches this size.
+    max_logged = 10000
+    _logged = None
 
     def __init__(self, rules, default="allow"):
         self._rules = [_Rule(r) for r in rules if r.action in MQTT_ACL_ACTIONS]
@@ -560,7 +584,7 @@ class Authorizer:
         if not self._rules:
             return self.default_allow
         address = None
-        for rule in self._rules:
+        for index, rule in enumerate(self._rules):
             if action not in rule.actions:
                 continue
             if rule.user is not None and rule.user != user:
@@ -577,7 +601,11 @@ class Authorizer:
                     continue
             pattern = rule.topic
             if rule.placeholders:
-                if ("%u" in pattern and user is None) or ("%c" in pattern and client_id is None):
+                if (rule.has_user and user is None) or (rule.has_client_id and client_id is None):
+                    continue
+                if (rule.has_user and _widens(user)) or (
+                        rule.has_client_id and _widens(client_id)):
+                    self._widening(index, rule, user, client_id)
                     continue
                 pattern = pattern.replace("%u", user or "").replace("%c", client_id or "")
             if action == "subscribe":
@@ -587,6 +615,21 @@ class Authorizer:
             if hit:
                 return rule.allow
         return self.default_allow
+
+    def _widening(self, index, rule, user, client_id):
+        key = (index, user, client_id)
+        logged = self._logged
+        if logged is None:
+            logged = self._logged = set()
+        elif key in logged:
+            return
+        if len(logged) >= self.max_logged:
+            logged.clear()
+        logged.add(key)
+        self.log.warn(
+            "acl: rule {index} ({topic!r}) skipped for user {user!r} client id {client_id!r}:"
+            " a user name or client id holding '+', '#' or '/' would widen it",
+            index=index, topic=rule.topic, user=user, client_id=client_id)
 
 
 def main(argv=None):

@@ -22,9 +22,10 @@ from robustmq.shutdown import Shutdown
 
 
 def make_params(protocol=None, security=None, network=None, reactor=None,
-                meta=None, users=None, authenticator=None):
+                meta=None, users=None, authenticator=None, runtime=None):
     data = {"mqtt_runtime": {"network": dict(network or {}),
-                             "protocol": dict(protocol or {})}}
+                             "protocol": dict(protocol or {}),
+                             **(runtime or {})}}
     if security:
         data["security"] = security
     config = parse_config(data)
@@ -61,12 +62,12 @@ class Harness:
         self.factory = MqttFactory(self.params, "tcp:0", self.broker)
         self._ports = 40000
 
-    def client(self, level=4):
+    def client(self, level=4, host="127.0.0.1"):
         self._ports += 1
         proto = self.factory.buildProtocol(
-            IPv4Address("TCP", "127.0.0.1", self._ports))
+            IPv4Address("TCP", host, self._ports))
         transport = StringTransport(
-            peerAddress=IPv4Address("TCP", "127.0.0.1", self._ports))
+            peerAddress=IPv4Address("TCP", host, self._ports))
         proto.makeConnection(transport)
         return Client(proto, transport, level)
 

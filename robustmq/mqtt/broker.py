@@ -38,10 +38,33 @@ NEVER_EXPIRES = 0xFFFFFFFF
 _NO_QUEUE = ()
 _SHARE = "$share/"
 _DELAYED = "$delayed/"
+#: The owner of a session stored before owners were: the first user to
+#: resume it becomes its owner.
+UNKNOWN_OWNER = object()
 _ROUTE_CACHE_SIZE = 50000
 _FORWARDED = frozenset((
     "payload_format_indicator", "message_expiry_interval", "content_type",
     "response_topic", "correlation_data", "user_property"))
+
+
+def landing_topic(topic):
+    """
+    The topic a message published to C{topic} is routed to: the topic
+    itself, or for a delayed publish C{$delayed/<seconds>/<topic>} the
+    topic after the delay (which is what the ACL and the C{$SYS} guard
+    check).
+    """
+    while topic[:9] == _DELAYED:
+        topic = topic[9:].partition("/")[2]
+    return topic
+
+
+def is_sys_topic(topic):
+    """
+    Whether C{topic} is one of the broker's C{$SYS} topics, which clients
+    never publish to.
+    """
+    return topic[:5] == "$SYS/" or topic == "$SYS"
 
 
 def forwarded_properties(props):
@@ -171,17 +194,23 @@ class Session:
     @ivar queue: messages waiting for room in the in-flight window or for the
         client to come back: C{[msg, qos, retain, sub_ids, group]} (a
         deque, or an empty tuple until the first one).
+    @ivar queued_bytes: the payload bytes of the messages in C{queue}.
     @ivar awaiting_rel: packet id -> journal id (or L{None}) of received
         QoS 2 PUBLISH waiting for PUBREL.
     @ivar journaled: what it holds is written in the session journal.
+    @ivar owner: the user name of the client that created it (L{None}:
+        anonymous; L{UNKNOWN_OWNER}: restored from a record without one).
     """
 
     __slots__ = ("client_id", "conn", "expiry", "subs", "inflight", "queue",
                  "awaiting_rel", "next_id", "will", "will_timer",
-                 "expiry_timer", "level", "disconnected_at", "journaled")
+                 "expiry_timer", "level", "disconnected_at", "journaled",
+                 "owner", "queued_bytes")
 
-    def __init__(self, client_id, expiry=0):
+    def __init__(self, client_id, expiry=0, owner=None):
         self.client_id = client_id
+        self.owner = owner
+        self.queued_bytes = 0
         self.conn = None
         self.expiry = expiry
         self.subs = {}
@@ -214,12 +243,16 @@ class Session:
         raise RuntimeError("no packet identifier left")
 
     def record(self):
-        return {
+        record = {
             "expiry": self.expiry,
             "level": self.level,
             "disconnected_at": self.disconnected_at,
             "subscriptions": [sub.record() for sub in self.subs.values()],
+            "owner": self.owner,
         }
+        if self.owner is UNKNOWN_OWNER:
+            del record["owner"]
+        return record
 
 
 class Broker:
@@ -256,6 +289,7 @@ class Broker:
         config = self.config
         self.max_qos = config.max_qos
         self.max_queued = config.max_queued_messages
+        self.max_queued_bytes = config.max_queued_bytes
         self.drop_oldest = config.queue_drop_policy == "drop_oldest"
         self.strategy = config.shared_subscription_strategy
         metrics = params.metrics
@@ -335,7 +369,8 @@ class Broker:
                 if left <= 0:
                     self.store.delete_session(client_id)
                     continue
-            session = Session(client_id, expiry)
+            session = Session(client_id, expiry,
+                              record.get("owner", UNKNOWN_OWNER))
             session.level = record.get("level", 4)
             session.disconnected_at = gone
             self.sessions[client_id] = session
@@ -379,6 +414,7 @@ class Broker:
                         session.queue = deque()
                     session.queue.append([item.message, item.qos, item.retain,
                                           item.sub_ids, None])
+                    session.queued_bytes += len(item.message.payload)
                 queued += 1
         for client_id, held in waiting.items():
             session = self.sessions.get(client_id)
@@ -408,10 +444,20 @@ class Broker:
 
     # -- sessions ------------------------------------------------------------
 
+    def owned_by_other(self, client_id, user):
+        """
+        Whether the session of C{client_id} exists and belongs to another
+        user than C{user} (L{None}: anonymous).
+        """
+        session = self.sessions.get(client_id)
+        return (session is not None and session.owner is not UNKNOWN_OWNER
+                and session.owner != user)
+
     def open_session(self, conn, client_id, clean_start, expiry):
         """
         Attach C{conn} to the session of C{client_id}, taking it over from
-        a connection that holds it.
+        a connection that holds it. The session is (or becomes) owned by
+        the user of C{conn}.
 
         @return: C{(session, session_present)}.
         """
@@ -438,9 +484,10 @@ class Broker:
                 session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, expiry)
+            session = Session(client_id, expiry, conn.username)
             self.sessions[client_id] = session
         else:
+            session.owner = conn.username
             was_persistent = session.persistent
             session.expiry = expiry
             if not session.persistent and was_persistent:
@@ -459,10 +506,68 @@ class Broker:
             self.store.save_session(client_id, session.record())
         return session, present
 
+    def recheck(self, session):
+        """
+        Check what a resumed session holds against the ACL of its new
+        connection (its user, client id and address may not be those that
+        filled it, and the rules may have changed): subscriptions it may no
+        longer have are removed, and queued (or in flight, not yet
+        received) messages of topics it may no longer read are dropped, as
+        Mosquitto does at reconnection.
+        """
+        conn = session.conn
+        authorizer = self.params.authorizer
+        user, client_id, ip = conn.username, session.client_id, conn.peer_host
+
+        allowed = {}
+
+        def may_read(topic):
+            ok = allowed.get(topic)
+            if ok is None:
+                ok = allowed[topic] = authorizer.check(
+                    "subscribe", topic, user, client_id, ip)
+            return ok
+
+        denied_subs = [topic_filter for topic_filter, sub in session.subs.items()
+                       if not may_read(sub.real_filter)]
+        for topic_filter in denied_subs:
+            self.unsubscribe(session, topic_filter, save=False)
+        dropped = []
+        if session.queue:
+            keep = deque()
+            for entry in session.queue:
+                if may_read(entry[0].topic):
+                    keep.append(entry)
+                else:
+                    dropped.append(entry[0])
+            if dropped:
+                session.queue = keep
+                session.queued_bytes = sum(len(e[0].payload) for e in keep)
+        for packet_id, entry in list(session.inflight.items()):
+            if not entry[4] and not may_read(entry[0].topic):
+                del session.inflight[packet_id]
+                dropped.append(entry[0])
+        if session.journaled:
+            for msg in dropped:
+                self.journal.done(session, msg)
+        if dropped:
+            self.drop_denied.inc(len(dropped))
+        if denied_subs or dropped:
+            if denied_subs and session.persistent:
+                self.store.save_session(session.client_id, session.record())
+            self.log.info(
+                "mqtt {client_id}: user {user!r} may not read what the session"
+                " holds: {subs} subscriptions removed, {messages} messages"
+                " dropped", client_id=client_id, user=user,
+                subs=len(denied_subs), messages=len(dropped))
+
     def resume(self, session):
         """
-        Send again what was in flight (DUP), then what is queued.
+        Check what the session holds against the ACL of its new connection
+        (L{recheck}), then send again what was in flight (DUP), then what
+        is queued.
         """
+        self.recheck(session)
         conn = session.conn
         for packet_id, entry in list(session.inflight.items()):
             if entry[4]:
@@ -578,6 +683,7 @@ class Broker:
             session.journaled = False
         session.inflight.clear()
         session.queue = _NO_QUEUE
+        session.queued_bytes = 0
         session.awaiting_rel.clear()
         self.store.delete_session(session.client_id)
 
@@ -600,6 +706,7 @@ class Broker:
         if not moved:
             return
         session.queue = keep
+        session.queued_bytes = sum(len(entry[0].payload) for entry in keep)
         if session.journaled:
             for group, msg, qos in moved:
                 self.journal.done(session, msg)
@@ -870,16 +977,23 @@ class Broker:
         queue = session.queue
         if queue is _NO_QUEUE:
             queue = session.queue = deque()
+        size = len(entry[0].payload)
         limit = self.max_queued
-        if limit and len(queue) >= limit:
-            if not self.drop_oldest:
+        byte_limit = self.max_queued_bytes
+        if (limit and len(queue) >= limit) or (
+                byte_limit and session.queued_bytes + size > byte_limit):
+            if not self.drop_oldest or (byte_limit and size > byte_limit):
                 self.drop_queue_full.inc()
                 return
-            old = queue.popleft()
-            self.drop_queue_full.inc()
-            if session.journaled:
-                self.journal.done(session, old[0])
+            while queue and ((limit and len(queue) >= limit) or (
+                    byte_limit and session.queued_bytes + size > byte_limit)):
+                old = queue.popleft()
+                session.queued_bytes -= len(old[0].payload)
+                self.drop_queue_full.inc()
+                if session.journaled:
+                    self.journal.done(session, old[0])
         queue.append(entry)
+        session.queued_bytes += size
         if session.persistent and self.journal.enabled:
             session.journaled = True
             self.journal.add(session, entry[0], entry[1], entry[2], entry[3])
@@ -897,6 +1011,7 @@ class Broker:
         now = None
         while queue and len(inflight) < quota and not conn.output_paused:
             msg, qos, retain, sub_ids, group = queue.popleft()
+            session.queued_bytes -= len(msg.payload)
             if msg.expiry_at is not None:
                 if now is None:
                     now = self.reactor.seconds()

@@ -23,7 +23,9 @@ from collections import deque
 
 from twisted.logger import Logger
 
-from robustmq.mqtt.broker import forwarded_properties
+from robustmq.mqtt.broker import (
+    forwarded_properties, is_sys_topic, landing_topic,
+)
 from robustmq.mqtt.codec import (
     AUTH, CONNECT, DISCONNECT, MQTT_5, PINGREQ, PUBACK, PUBCOMP, PUBLISH,
     PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE, Auth, Connack, Disconnect,
@@ -351,6 +353,25 @@ class MqttProtocol(FramedProtocol):
             if level != MQTT_5 and (level == 3 or not p.clean_start):
                 return self.refuse(0x85, 0x02, "empty client identifier")
             client_id = assigned = broker.assign_client_id()
+        if will is not None and not self._will_allowed(will, client_id,
+                                                       p.username):
+            self.factory.params.metrics.connection_rejected("mqtt", "will_denied")
+            return self.refuse(0x87, 0x05, "client %r user %r may not publish"
+                               " its will to %r" % (client_id, p.username,
+                                                    will.topic))
+        clean_start = p.clean_start
+        if broker.owned_by_other(client_id, p.username):
+            if self.factory.params.config.session_owner_check == "refuse":
+                self.factory.params.metrics.connection_rejected(
+                    "mqtt", "session_owner")
+                return self.refuse(0x87, 0x05, "user %r may not take the"
+                                   " session of client %r of another user"
+                                   % (p.username, client_id))
+            self.log.info(
+                "mqtt {peer}: session of client {client_id!r} belongs to"
+                " another user: a fresh session for user {user!r}",
+                peer=self.peer, client_id=client_id, user=p.username)
+            clean_start = True
         ack = {}
         if level == MQTT_5:
             expiry = props.get("session_expiry_interval", 0)
@@ -406,12 +427,27 @@ class MqttProtocol(FramedProtocol):
         if self._pending_connect is not None:
             self._pending_connect = None
         self.accepted = True
-        session, present = broker.open_session(self, client_id, p.clean_start,
+        session, present = broker.open_session(self, client_id, clean_start,
                                                expiry)
         self.session = session
         self.send(Connack(present, 0, ack).encode(level))
         if present:
             broker.resume(session)
+
+    def _will_allowed(self, will, client_id, username):
+        """
+        Whether this client may publish its will: a will is a publish, so
+        the ACL decides, and it never goes to a C{$SYS} topic.
+        """
+        topic = landing_topic(will.topic)
+        if is_sys_topic(topic):
+            allowed = False
+        else:
+            allowed = self.factory.params.authorizer.check(
+                "publish", topic, username, client_id, self.peer_host)
+        if not allowed:
+            self.broker.acl_denied.labels("publish").inc()
+        return allowed
 
     def taken_over(self, clean_start):
         """
@@ -521,11 +557,17 @@ class MqttProtocol(FramedProtocol):
             self.send(ack)
 
     def publish_allowed(self, topic):
-        if topic[:5] == "$SYS/" or topic == "$SYS":
+        """
+        Whether this client may publish to C{topic} (the topic it lands on,
+        for a delayed publish): the ACL decides, and C{$SYS} topics are the
+        broker's own.
+        """
+        real = landing_topic(topic)
+        if is_sys_topic(real):
             allowed = False
         else:
             allowed = self.factory.params.authorizer.check(
-                "publish", topic, self.username, self.client_id,
+                "publish", real, self.username, self.client_id,
                 self.peer_host)
         cache = self._acl_publish
         if cache is None:
