@@ -12,7 +12,6 @@ consumers unchanged.
 """
 
 import struct
-from collections import deque
 
 from twisted.internet.task import LoopingCall
 
@@ -81,7 +80,6 @@ class AmqpProtocol(FramedProtocol):
     """
 
     state = HEADER
-    _login_held = None
     vhost = None
     grant = None
 
@@ -303,33 +301,23 @@ class AmqpProtocol(FramedProtocol):
             return self._login_checked(False, user, mechanism, props)
         # The password check runs off the event loop; frames received
         # meanwhile wait, in order.
-        self._login_held = deque()
-        self.frame_received = self._hold_frame
-        self.pause_reading("login")
+        self.hold_frames()
         d = self.factory.check_login(user, password, self.peer_host)
         d.addCallback(self._login_checked, user, mechanism, props)
         d.addErrback(self._login_error)
 
-    def _hold_frame(self, buf, start, end):
-        self._login_held.append(bytes(buf[start:end]))
-
-    def _drop_login_hold(self):
-        self._login_held = None
-        self.__dict__.pop("frame_received", None)
-
     def _login_error(self, failure):
         self.log.failure("amqp {peer}: password check failed", failure, peer=self.peer)
-        self._drop_login_hold()
+        self.drop_held_frames()
         if not self.closing:
             self._drop()
 
     def _login_checked(self, ok, user, mechanism, props):
-        held = self._login_held
-        self._drop_login_hold()
-        self.resume_reading("login")
         if self.closing:
+            self.drop_held_frames()
             return
         if not ok:
+            self.drop_held_frames()
             self.log.info("amqp {peer}: login refused for user {user!r} ({mechanism})",
                           peer=self.peer, user=user, mechanism=mechanism)
             if self.capabilities.get("authentication_failure_close"):
@@ -347,13 +335,7 @@ class AmqpProtocol(FramedProtocol):
             self.info.client_id = name if isinstance(name, str) else name.decode("utf-8", "replace")
         self.state = TUNE
         self.send_method(0, codec.ConnectionTune(self.channel_max, self.frame_max, self.heartbeat))
-        while held and not self.closing:
-            frame = held.popleft()
-            try:
-                self.frame_received(frame, 0, len(frame))
-            except Exception as e:
-                self.frame_error(e)
-                return
+        self.release_held_frames()
 
     def _tune_ok(self, m):
         if m.frame_max:

@@ -110,7 +110,6 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
     authenticated = False
     user = None
     client_id = None
-    _login_held = None
     LATER = _LATER
 
     def connectionMade(self):
@@ -1172,7 +1171,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         # A step may wait (a password check off the event loop, a delay
         # after repeated failures): the requests after it wait too, in order.
         slot = self.open_slot(header)
-        self._hold_for_login()
+        self.hold_frames()
         d = maybeDeferred(self.sasl.step, bytes(body["auth_bytes"]))
         d.addCallback(self._sasl_stepped, slot)
         d.addErrback(self._login_error)
@@ -1188,7 +1187,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             self.log.info("kafka {peer}: SASL authentication failed: {why}",
                           peer=self.peer, why=message)
             self.sasl = None
-            self._drop_login_hold()
+            self.drop_held_frames()
             self.fill_slot(slot, {"error_code": errors.SASL_AUTHENTICATION_FAILED,
                                   "error_message": message, "auth_bytes": b""})
             self.closing_after_response()
@@ -1199,12 +1198,12 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         self.fill_slot(slot, {"error_code": errors.NONE, "error_message": None,
                               "auth_bytes": reply, "session_lifetime_ms": 0})
         if self.closing:
-            self._drop_login_hold()
+            self.drop_held_frames()
         else:
-            self._release_login_hold()
+            self.release_held_frames()
 
     def raw_sasl_received(self, data):
-        self._hold_for_login()
+        self.hold_frames()
         d = maybeDeferred(self.sasl.step, data)
         d.addCallback(self._raw_sasl_stepped)
         d.addErrback(self._login_error)
@@ -1216,7 +1215,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         if ok is False:
             self.log.info("kafka {peer}: SASL authentication failed: {why}",
                           peer=self.peer, why=message)
-            self._drop_login_hold()
+            self.drop_held_frames()
             self.abort_connection("authentication failed")
             return
         self.send(_SIZE.pack(len(reply)) + reply)
@@ -1224,45 +1223,12 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             self.raw_sasl = False
             self.authenticated_as(self.sasl.user)
             self.sasl = None
-        self._release_login_hold()
-
-    def _hold_for_login(self):
-        if self._login_held is None:
-            self._login_held = deque()
-            # Shadows the method while a SASL step runs: no cost per
-            # request otherwise.
-            self.frame_received = self._hold_frame
-            self.pause_reading("login")
-
-    def _hold_frame(self, buf, start, end):
-        self._login_held.append(bytes(buf[start:end]))
-
-    def _drop_login_hold(self):
-        self._login_held = None
-        self.__dict__.pop("frame_received", None)
+        self.release_held_frames()
 
     def _login_error(self, failure):
         self.log.failure("kafka {peer}: SASL step failed", failure, peer=self.peer)
-        self._drop_login_hold()
+        self.drop_held_frames()
         self.abort_connection("authentication error")
-
-    def _release_login_hold(self):
-        """
-        Handle the requests received during a SASL step, in order.
-        """
-        held = self._login_held
-        self._drop_login_hold()
-        self.resume_reading("login")
-        while held and not self.closing:
-            frame = held.popleft()
-            try:
-                self.frame_received(frame, 0, len(frame))
-            except Exception as e:
-                self.frame_error(e)
-                return
-            if self._login_held is not None:
-                self._login_held.extend(held)
-                return
 
     def authenticated_as(self, user):
         self.authenticated = True

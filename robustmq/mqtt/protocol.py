@@ -103,7 +103,6 @@ class MqttProtocol(FramedProtocol):
     _abort_call = None
     _auth_state = None
     _pending_connect = None
-    _login_held = None
 
     def connectionMade(self):
         FramedProtocol.connectionMade(self)
@@ -250,7 +249,7 @@ class MqttProtocol(FramedProtocol):
                 return self.refuse(0x86, 0x04, "bad user name or password")
             # The check runs off the event loop: the packets the client
             # sends after CONNECT wait (in order) for its result.
-            self._hold_for_login()
+            self.hold_frames()
             d = self.factory.params.authenticator.authenticate(
                 p.username, p.password, self.peer_host)
             d.addCallback(self._password_checked, p)
@@ -260,49 +259,20 @@ class MqttProtocol(FramedProtocol):
             return self.refuse(0x87, 0x05, "anonymous clients not allowed")
         self.accept(p)
 
-    def _hold_for_login(self):
-        self._login_held = deque()
-        # Shadows the method while the login is checked: no cost per
-        # packet otherwise.
-        self.frame_received = self._hold_frame
-        self.pause_reading("login")
-
-    def _hold_frame(self, buf, start, end):
-        self._login_held.append(bytes(buf[start:end]))
-
-    def _drop_login_hold(self):
-        self._login_held = None
-        self.__dict__.pop("frame_received", None)
-
     def _password_checked(self, ok, p):
         if self.closing:
             return
         if not ok:
-            self._drop_login_hold()
+            self.drop_held_frames()
             return self.refuse(0x86, 0x04, "bad user name or password")
         self.accept(p)
-        self._release_login_hold()
+        self.release_held_frames()
 
     def _login_error(self, failure):
         self.log.failure("mqtt {peer}: password check failed", failure, peer=self.peer)
-        self._drop_login_hold()
+        self.drop_held_frames()
         if not self.closing:
             self.refuse(0x80, 0x03, "server error")
-
-    def _release_login_hold(self):
-        """
-        Handle the packets received while the login was checked, in order.
-        """
-        held = self._login_held
-        self._drop_login_hold()
-        self.resume_reading("login")
-        while held and not self.closing:
-            frame = held.popleft()
-            try:
-                self.frame_received(frame, 0, len(frame))
-            except Exception as e:
-                self.frame_error(e)
-                return
 
     def _auth_step(self, handler, data):
         p = self._pending_connect
@@ -862,7 +832,7 @@ class MqttProtocol(FramedProtocol):
             call.cancel()
         self._drain_call = None
         self._throttled = None
-        self._drop_login_hold()
+        self.drop_held_frames()
         session = self.session
         if session is None:
             return

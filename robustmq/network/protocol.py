@@ -7,6 +7,8 @@ A protocol subclasses L{FramedProtocol} and implements L{frame_length} and
 L{frame_received}; its factory subclasses L{BrokerFactory}.
 """
 
+from collections import deque
+
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -222,6 +224,52 @@ class FramedProtocol(Protocol):
             self._read_pauses.discard(reason)
             if not self._read_pauses and not self.closing:
                 self.transport.resumeProducing()
+
+    # frames held while a login is checked
+
+    _login_frames = None
+
+    def hold_frames(self):
+        """
+        Keep the frames received from now on, in order, and stop reading,
+        until L{release_held_frames} or L{drop_held_frames}: while a password
+        is checked off the reactor thread, what the client sent after its
+        login waits. C{frame_received} is shadowed on this connection only,
+        so this costs nothing per frame otherwise.
+        """
+        if self._login_frames is None:
+            self._login_frames = deque()
+            self.frame_received = self._hold_frame
+            self.pause_reading("login")
+
+    def _hold_frame(self, buf, start, end):
+        self._login_frames.append(bytes(buf[start:end]))
+
+    def drop_held_frames(self):
+        """
+        Forget the held frames (the login failed, or the connection is gone).
+        """
+        self._login_frames = None
+        self.__dict__.pop("frame_received", None)
+
+    def release_held_frames(self):
+        """
+        Handle the held frames, in order, and read again; a frame that
+        starts another check holds the rest again.
+        """
+        held = self._login_frames
+        self.drop_held_frames()
+        self.resume_reading("login")
+        while held and not self.closing:
+            frame = held.popleft()
+            try:
+                self.frame_received(frame, 0, len(frame))
+            except Exception as e:
+                self.frame_error(e)
+                return
+            if self._login_frames is not None:
+                self._login_frames.extend(held)
+                return
 
     # idle timeout
 
