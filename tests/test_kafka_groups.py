@@ -14,6 +14,7 @@ from robustmq.kafka.groups import (
     COMPLETING, EMPTY, PREPARING, STABLE, GroupCoordinator, subscribed_topics)
 from robustmq.config import parse_config
 from robustmq.kafka.testing import MemoryOffsets, kafka_config
+from tests.test_kafka_protocol import LIST_GROUPS, OFFSET_COMMIT, OFFSET_FETCH, KafkaTestCase
 
 PROTOCOLS = [("range", b"meta-range"), ("roundrobin", b"meta-rr")]
 
@@ -440,3 +441,86 @@ class CoordinatorTests(CoordinatorTestCase):
                          frozenset({"a", "b"}))
         self.assertIsNone(subscribed_topics(b"\x00"))
         self.assertIsNone(subscribed_topics(b"\x00\x00\x00\x00\x00\x09\x00\x05ab"))
+
+
+JOIN_GROUP, SYNC_GROUP, LEAVE_GROUP, DESCRIBE_GROUPS = 11, 14, 13, 15
+
+
+class GroupWireTests(KafkaTestCase):
+    """
+    The group requests over the wire, where the handler shapes the answer.
+    """
+
+    def join_static(self, instance, version=5):
+        body = self.c.call(JOIN_GROUP, version, {
+            "group_id": "g", "session_timeout_ms": 10000, "rebalance_timeout_ms": 10000,
+            "member_id": "", "group_instance_id": instance, "protocol_type": "consumer",
+            "protocols": [{"name": "range", "metadata": subscription("t")}], "reason": None})
+        self.assertEqual(body["error_code"], 0)
+        return body
+
+    def test_leave_v3_errors_per_member(self):
+        """
+        LeaveGroup v3+: members by instance id, one error per member and
+        none at the top level (as Kafka); v0-2: the member's error.
+        """
+        m1 = self.join_static("i1")["member_id"]
+        self.c.call(SYNC_GROUP, 5, {
+            "group_id": "g", "generation_id": 1, "member_id": m1, "group_instance_id": "i1",
+            "protocol_type": "consumer", "protocol_name": "range", "assignments": []})
+        body = self.c.call(LEAVE_GROUP, 5, {"group_id": "g", "members": [
+            {"member_id": "", "group_instance_id": "nobody", "reason": None},
+            {"member_id": "other", "group_instance_id": "i1", "reason": None},
+            {"member_id": "", "group_instance_id": "i1", "reason": None}]})
+        self.assertEqual(body["error_code"], 0)
+        self.assertEqual(
+            [(m["member_id"], m["group_instance_id"], m["error_code"]) for m in body["members"]],
+            [("", "nobody", errors.UNKNOWN_MEMBER_ID),
+             ("other", "i1", errors.FENCED_INSTANCE_ID), ("", "i1", 0)])
+        body = self.c.call(LEAVE_GROUP, 1, {"group_id": "g", "member_id": m1})
+        self.assertEqual(body["error_code"], errors.UNKNOWN_MEMBER_ID)
+        # The empty group keeps its protocol type.
+        body = self.c.call(DESCRIBE_GROUPS, 5, {"groups": ["g"],
+                                                "include_authorized_operations": False})
+        g = body["groups"][0]
+        self.assertEqual((g["group_state"], g["protocol_type"]), ("Empty", "consumer"))
+        body = self.c.call(LIST_GROUPS, 4, {"states_filter": []})
+        self.assertEqual([(g["group_id"], g["protocol_type"], g["group_state"])
+                          for g in body["groups"]], [("g", "consumer", "Empty")])
+
+    def test_static_rejoin_v9_skips_assignment(self):
+        m1 = self.join_static("i1", version=9)["member_id"]
+        self.c.call(SYNC_GROUP, 5, {
+            "group_id": "g", "generation_id": 1, "member_id": m1, "group_instance_id": "i1",
+            "protocol_type": "consumer", "protocol_name": "range", "assignments": [
+                {"member_id": m1, "assignment": b"mine"}]})
+        body = self.join_static("i1", version=9)
+        new = body["member_id"]
+        self.assertEqual((body["generation_id"], body["leader"], body["skip_assignment"]),
+                         (1, new, True))
+        body = self.c.call(SYNC_GROUP, 5, {
+            "group_id": "g", "generation_id": 1, "member_id": new, "group_instance_id": "i1",
+            "protocol_type": "consumer", "protocol_name": "range", "assignments": []})
+        self.assertEqual(bytes(body["assignment"]), b"mine")
+
+    def test_committed_leader_epoch(self):
+        self.produce("t", [b"a", b"b"])
+        for version in (5, 6, 9):
+            body = self.c.call(OFFSET_COMMIT, version, {
+                "group_id": "g%d" % version, "generation_id_or_member_epoch": -1,
+                "member_id": "", "group_instance_id": None, "retention_time_ms": -1,
+                "topics": [{"name": "t", "partitions": [
+                    {"partition_index": 0, "committed_offset": 1,
+                     "committed_leader_epoch": 3, "committed_metadata": ""}]}]})
+            self.assertEqual(body["topics"][0]["partitions"][0]["error_code"], 0)
+        body = self.c.call(OFFSET_FETCH, 9, {"groups": [
+            {"group_id": "g%d" % v, "member_id": None, "member_epoch": -1,
+             "topics": [{"name": "t", "partition_indexes": [0]}] if v != 9 else None}
+            for v in (5, 6, 9)], "require_stable": False})
+        epochs = [g["topics"][0]["partitions"][0]["committed_leader_epoch"]
+                  for g in body["groups"]]
+        # Version 5 has no leader epoch: -1.
+        self.assertEqual(epochs, [-1, 3, 3])
+        body = self.c.call(OFFSET_FETCH, 7, {"group_id": "g6", "topics": None,
+                                             "require_stable": False})
+        self.assertEqual(body["topics"][0]["partitions"][0]["committed_leader_epoch"], 3)
