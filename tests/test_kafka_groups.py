@@ -219,6 +219,24 @@ class GroupTests(CoordinatorTestCase):
         self.assertEqual(a2.last["generation_id"], 1)
         self.assertEqual(len(a1.last["members"]), 2)
 
+    def test_pending_member_after_the_join_phase(self):
+        """
+        A member given its id (MEMBER_ID_REQUIRED) that comes back after the
+        join phase ended is accepted and starts the next rebalance.
+        """
+        m1, _ = self.new_member(rebalance=5000)
+        self.sync(m1, 1)
+        m2, _ = self.new_member(rebalance=5000)
+        late = self.join()
+        self.assertEqual(late.last["error_code"], errors.MEMBER_ID_REQUIRED)
+        self.clock.advance(5)
+        # m1 did not rejoin: removed; m2 alone makes generation 2.
+        self.assertEqual(self.g.groups["g"].generation, 2)
+        a = self.join(member_id=late.last["member_id"])
+        self.assertEqual(self.g.groups["g"].state, PREPARING)
+        self.join(member_id=m2)
+        self.assertEqual((a.last["error_code"], a.last["generation_id"]), (0, 3))
+
     def test_initial_rebalance_delay_default(self):
         """
         By default a new group waits 3 s (Kafka's

@@ -501,10 +501,9 @@ class GroupCoordinator:
                 self.log.info("kafka: group {group}: member {member} did not rejoin in time",
                               group=group.group_id, member=member_id)
                 self._remove(group, m)
-        for timer in group.pending.values():
-            if timer.active():
-                timer.cancel()
-        group.pending.clear()
+        # Members still to come back with the id MEMBER_ID_REQUIRED gave
+        # them stay pending (until their session timeout): they join the
+        # next generation, as in Kafka.
         if group.members and not any(m.join is not None for m in group.members.values()):
             # Only static members that did not rejoin: wait again, until
             # they rejoin or their sessions expire.
