@@ -277,6 +277,65 @@ class StaticMembershipTests(GroupBrokerTestCase):
 
 
     @inlineCallbacks
+    def test_kafka_python_restart(self):
+        """
+        The same with kafka-python's C{group_instance_id}: the restarted
+        member gets its partitions back, the other one no callback.
+        """
+        if kafka_python is None:
+            raise self.skipTest("kafka-python is not installed")
+        yield self.create_topic("kst", 4)
+
+        def run():
+            from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+            calls = []
+
+            class Listener(ConsumerRebalanceListener):
+                def __init__(self, name):
+                    self.name = name
+
+                def on_partitions_revoked(self, revoked):
+                    calls.append((self.name, "revoke", sorted(p.partition for p in revoked)))
+
+                def on_partitions_assigned(self, assigned):
+                    calls.append((self.name, "assign", sorted(p.partition for p in assigned)))
+
+            def consumer(name):
+                c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id="kg",
+                                  group_instance_id=name, session_timeout_ms=10000,
+                                  heartbeat_interval_ms=300)
+                c.subscribe(["kst"], listener=Listener(name))
+                return c
+
+            def poll(consumers, until, timeout=30):
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and not until():
+                    for c in consumers:
+                        c.poll(50)
+
+            def owned(c):
+                return sorted(p.partition for p in c.assignment())
+
+            a, b = consumer("a"), consumer("b")
+            poll([a, b], lambda: owned(a) and owned(b) and len(owned(a) + owned(b)) == 4)
+            before = (owned(a), owned(b), self.generation("kg"), len(calls))
+            b.close()
+            b = consumer("b")
+            poll([a, b], lambda: owned(b) == before[1])
+            deadline = time.monotonic() + 1.5
+            poll([a, b], lambda: time.monotonic() > deadline)
+            after = (owned(a), owned(b), self.generation("kg"))
+            since = calls[before[3]:]
+            a.close()
+            b.close()
+            return before, after, since
+
+        before, after, calls = yield deferToThread(run)
+        self.assertEqual(after, before[:3])
+        self.assertEqual([c for c in calls if c[0] == "a"], [])
+
+    @inlineCallbacks
     def test_admin_removes_static_member(self):
         """
         kafka-python's remove_group_members (LeaveGroup v3+ by instance
