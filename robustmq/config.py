@@ -950,8 +950,10 @@ class KafkaRuntimeConfig(RuntimeConfig):
     )
     group_initial_rebalance_delay_ms: int = setting(
         Integer(minimum=0),
-        "Milliseconds an empty group waits for more members before its first rebalance.",
-        0,
+        "Milliseconds an empty group waits for more members before its first rebalance"
+        " (again while new members keep joining, at most their rebalance timeout), as"
+        " Kafka's group.initial.rebalance.delay.ms.",
+        3000,
     )
     retention_ms: int = setting(
         Integer(minimum=-1),

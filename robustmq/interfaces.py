@@ -411,8 +411,9 @@ class IOffsetManager(Interface):
         """
         Commit several shards of one group in one transaction.
 
-        @param offsets: a mapping of shard to C{offset} or to
-            C{(offset, metadata)}.
+        @param offsets: a mapping of shard to C{offset}, to
+            C{(offset, metadata)} or to C{(offset, metadata, leader_epoch)}
+            (the leader epoch is -1 when not given).
         @return: a Deferred firing after the COMMIT.
         """
 
@@ -421,9 +422,11 @@ class IOffsetManager(Interface):
         @return: C{(offset, metadata)} or L{None}.
         """
 
-    def fetch_group(group):
+    def fetch_group(group, leader_epochs=False):
         """
-        @return: a dict of shard to C{(offset, metadata)}.
+        @return: a dict of shard to C{(offset, metadata)}, or to
+            C{(offset, metadata, leader_epoch)} when C{leader_epochs} is
+            true.
         """
 
     def groups():

@@ -664,7 +664,8 @@ class SaslClientTests(TestCase):
             "mqtt_runtime": {"network": {"listeners": []}},
             "amqp_runtime": {"network": {"listeners": []}},
             "admin": {"listeners": []},
-            "kafka_runtime": {"network": {"listeners": ["tcp:0:interface=127.0.0.1"]}},
+            "kafka_runtime": {"network": {"listeners": ["tcp:0:interface=127.0.0.1"]},
+                              "group_initial_rebalance_delay_ms": 0},
             "security": {"allow_anonymous": False, "password_file": path},
         })
         self.broker = BrokerServer(config, reactor=reactor)

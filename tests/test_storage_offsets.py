@@ -88,7 +88,54 @@ class OffsetManagerTests(TestCase):
         yield self.assertFailure(o.commit("g", "s", "1"), TypeError)
         yield self.assertFailure(o.commit(3, "s", 1), TypeError)
         yield self.assertFailure(o.commit("g", "s", 1, 5), TypeError)
+        yield self.assertFailure(o.commit_many("g", {"s": (1, "", "7")}), TypeError)
         self.assertIsNone(o.fetch("g", "s"))
+
+    @defer.inlineCallbacks
+    def test_leader_epoch(self):
+        """
+        A leader epoch committed with an offset is kept durably; -1 when
+        none was given. C{fetch} and C{fetch_group} still give pairs.
+        """
+        o = self.offsets
+        yield o.commit_many("g", {"a": (5, "m", 3), "b": (6, "", None), "c": 7})
+        yield self.reopen()
+        o = self.offsets
+        self.assertEqual(o.fetch_group("g", leader_epochs=True),
+                         {"a": (5, "m", 3), "b": (6, "", -1), "c": (7, "", -1)})
+        self.assertEqual(o.fetch_group("g"), {"a": (5, "m"), "b": (6, ""), "c": (7, "")})
+        self.assertEqual(o.fetch("g", "a"), (5, "m"))
+
+    @defer.inlineCallbacks
+    def test_migrates_old_database(self):
+        """
+        A database written before leader epochs were kept opens with its
+        offsets (epoch -1), takes epochs from then on, and stays readable
+        by the old query.
+        """
+        yield self.offsets.close()
+        path = self.offsets.path
+        conn = sqlite3.connect(path)
+        conn.execute("DROP TABLE offsets")
+        conn.execute(
+            "CREATE TABLE offsets (grp TEXT NOT NULL, shard TEXT NOT NULL,"
+            " offset INTEGER NOT NULL, metadata TEXT NOT NULL, commit_ms INTEGER NOT NULL,"
+            " PRIMARY KEY (grp, shard)) WITHOUT ROWID")
+        conn.execute("INSERT INTO offsets VALUES ('g', 'a', 9, 'old', 1)")
+        conn.commit()
+        conn.close()
+        yield self.open()
+        o = self.offsets
+        self.assertEqual(o.fetch_group("g", leader_epochs=True), {"a": (9, "old", -1)})
+        yield o.commit_many("g", {"b": (10, "", 4)})
+        yield self.reopen()
+        self.assertEqual(self.offsets.fetch_group("g", leader_epochs=True),
+                         {"a": (9, "old", -1), "b": (10, "", 4)})
+        yield self.offsets.close()
+        conn = sqlite3.connect(path)
+        rows = conn.execute("SELECT grp, shard, offset, metadata FROM offsets").fetchall()
+        conn.close()
+        self.assertEqual(sorted(rows), [("g", "a", 9, "old"), ("g", "b", 10, "")])
 
 
 def count_rows(conn):

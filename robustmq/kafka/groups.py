@@ -3,19 +3,35 @@
 The classic Kafka consumer-group coordinator: JoinGroup / SyncGroup /
 Heartbeat / LeaveGroup, committed offsets through the shared offset manager.
 
-A group goes Empty -> PreparingRebalance -> CompletingRebalance -> Stable,
-back to PreparingRebalance when a member joins, leaves, changes its
-protocols or misses its session timeout, and Dead when deleted. Each
-completed join bumps the generation id. Member ids are handed out by the
-coordinator (KIP-394: a new member first gets MEMBER_ID_REQUIRED with its
-id), static members (C{group.instance.id}, KIP-345) keep their place across
-restarts and fence an older instance. A rebalance waits for every known
-member at most the largest rebalance timeout of the members; those that did
-not rejoin are removed.
+It behaves as Apache Kafka's classic coordinator, round for round, since
+clients (librdkafka's C{cooperative-sticky} assignor above all) count on
+it: a group goes Empty -> PreparingRebalance -> CompletingRebalance ->
+Stable, back to PreparingRebalance when a member joins, leaves, changes its
+protocols, the leader rejoins or a member misses its session timeout, and
+Dead when deleted. Each completed join bumps the generation id.
 
-Only committed offsets are durable; after a restart members rejoin.
+ - Member ids are handed out by the coordinator (KIP-394: a new member
+   first gets MEMBER_ID_REQUIRED with its id).
+ - The first rebalance of an empty group waits
+   C{group_initial_rebalance_delay_ms}, and again as long as new members
+   keep arriving (at most the rebalance timeout), so consumers started
+   together share one generation.
+ - A rebalance waits for every known member at most the largest rebalance
+   timeout of the members; dynamic members that did not rejoin are removed,
+   static ones stay.
+ - After a join, every member must send SyncGroup within the rebalance
+   timeout, or it is removed and the group rebalances.
+ - Static members (C{group.instance.id}, KIP-345): a new instance replaces
+   the old member (which is fenced with FENCED_INSTANCE_ID) and, in a
+   stable group, takes over its assignment without a rebalance unless the
+   group's protocol or the member's subscribed topics change.
+ - An empty group keeps its protocol type.
+
+Only committed offsets (with their leader epoch) are durable; after a
+restart members rejoin.
 """
 
+import struct
 import uuid
 
 from twisted.logger import Logger
@@ -83,6 +99,10 @@ class Group:
         self.static = {}
         self.pending = {}
         self.rebalance_timer = None
+        self.initial_delay = False
+        self.new_member_added = False
+        self.pending_sync = set()
+        self.sync_timer = None
 
     def supported_protocols(self):
         """
@@ -105,15 +125,42 @@ class Group:
         return max(sorted(votes), key=lambda n: votes[n]) if votes else None
 
 
-def _join_response(code, member_id="", generation=-1, group=None, members=()):
+def subscribed_topics(metadata):
+    """
+    The topics of a consumer's subscription (the C{ConsumerProtocolSubscription}
+    of protocol type C{consumer}, any version), or L{None} when it cannot be
+    read.
+    """
+    try:
+        version, count = struct.unpack_from(">hi", metadata, 0)
+        if version < 0 or not 0 <= count <= len(metadata):
+            return None
+        pos = 6
+        topics = set()
+        for _ in range(count):
+            (n,) = struct.unpack_from(">h", metadata, pos)
+            pos += 2
+            if n < 0 or pos + n > len(metadata):
+                return None
+            topics.add(bytes(metadata[pos:pos + n]).decode("utf-8"))
+            pos += n
+        return frozenset(topics)
+    except (struct.error, UnicodeDecodeError):
+        return None
+
+
+def _join_response(code, member_id="", generation=-1, group=None, members=(), leader=None,
+                   skip_assignment=False):
+    if leader is None:
+        leader = (group.leader or "") if group is not None else ""
     return {
         "throttle_time_ms": 0,
         "error_code": code,
         "generation_id": generation,
         "protocol_type": group.protocol_type if group is not None else None,
         "protocol_name": group.protocol_name if group is not None else None,
-        "leader": (group.leader or "") if group is not None else "",
-        "skip_assignment": False,
+        "leader": leader,
+        "skip_assignment": skip_assignment,
         "member_id": member_id,
         "members": list(members),
     }
@@ -151,6 +198,7 @@ class GroupCoordinator:
         """
         for group in self.groups.values():
             self._cancel_rebalance(group)
+            self._cancel_pending_sync(group)
             for m in group.members.values():
                 self._cancel_session(m)
             for timer in group.pending.values():
@@ -162,10 +210,13 @@ class GroupCoordinator:
 
     def join(self, group_id, member_id, instance_id, protocol_type, protocols,
              session_timeout_ms, rebalance_timeout_ms, client_id, client_host,
-             require_known_member_id, respond):
+             require_known_member_id, respond, skip_assignment=False):
         """
         Handle a JoinGroup; C{respond(body)} is called with the response
         body, now or when the rebalance completes.
+
+        @param skip_assignment: whether the client understands the
+            C{skip_assignment} answer (JoinGroup v9 and later).
         """
         cfg = self.config
         if not group_id:
@@ -196,29 +247,26 @@ class GroupCoordinator:
         if not member_id:
             self._join_unknown(group, instance_id, protocol_type, protocols,
                                session_timeout_ms, rebalance_timeout_ms, client_id,
-                               client_host, require_known_member_id, respond)
+                               client_host, require_known_member_id, respond,
+                               skip_assignment)
         else:
             self._join_known(group, member_id, instance_id, protocol_type, protocols,
                              session_timeout_ms, rebalance_timeout_ms, client_id,
                              client_host, respond)
 
     def _join_unknown(self, group, instance_id, protocol_type, protocols, session_timeout_ms,
-                      rebalance_timeout_ms, client_id, client_host, require_known, respond):
-        new_id = "{}-{}".format(client_id or "member", uuid.uuid4())
+                      rebalance_timeout_ms, client_id, client_host, require_known, respond,
+                      skip_assignment):
+        # As Kafka: a static member's id starts with its instance id.
+        new_id = "{}-{}".format(instance_id if instance_id is not None
+                                else (client_id or "member"), uuid.uuid4())
         if instance_id is not None:
             old_id = group.static.get(instance_id)
             if old_id is not None and old_id in group.members:
-                # A new instance of a static member takes its place.
-                old = group.members.pop(old_id)
-                self._cancel_session(old)
-                if old.join is not None:
-                    old.join(_join_response(errors.FENCED_INSTANCE_ID, old_id))
-                    old.join = None
-                if old.sync is not None:
-                    old.sync(_sync_response(errors.FENCED_INSTANCE_ID))
-                    old.sync = None
-                if group.leader == old_id:
-                    group.leader = new_id
+                self._replace_static(group, old_id, new_id, protocols, session_timeout_ms,
+                                     rebalance_timeout_ms, client_id, client_host, respond,
+                                     skip_assignment)
+                return
             self._add_member(group, new_id, instance_id, protocol_type, protocols,
                              session_timeout_ms, rebalance_timeout_ms, client_id,
                              client_host, respond)
@@ -248,7 +296,7 @@ class GroupCoordinator:
                 respond(_join_response(errors.FENCED_INSTANCE_ID, member_id))
                 return
         member = group.members.get(member_id)
-        if member is None:
+        if member is None or (instance_id is not None and instance_id not in group.static):
             respond(_join_response(errors.UNKNOWN_MEMBER_ID, member_id))
             return
         changed = member.protocols != protocols
@@ -267,6 +315,74 @@ class GroupCoordinator:
         else:
             self._set_join(member, respond)
             self._prepare_rebalance(group, "member {} rejoined".format(member_id))
+
+    def _replace_static(self, group, old_id, new_id, protocols, session_timeout_ms,
+                        rebalance_timeout_ms, client_id, client_host, respond,
+                        skip_assignment):
+        """
+        A new instance of a static member takes the place, the assignment
+        and the session of the old one, which is fenced.
+        """
+        member = group.members.pop(old_id)
+        self.log.info("kafka: group {group}: static member {instance} rejoined as {member},"
+                      " replacing {old}", group=group.group_id, instance=member.instance_id,
+                      member=new_id, old=old_id)
+        if member.join is not None:
+            member.join(_join_response(errors.FENCED_INSTANCE_ID, old_id))
+            member.join = None
+        if member.sync is not None:
+            member.sync(_sync_response(errors.FENCED_INSTANCE_ID))
+            member.sync = None
+        old_leader = group.leader or ""
+        old_topics = subscribed_topics(member.metadata_for(group.protocol_name))
+        member.member_id = new_id
+        group.members[new_id] = member
+        group.static[member.instance_id] = new_id
+        if group.leader == old_id:
+            group.leader = new_id
+        if old_id in group.pending_sync:
+            group.pending_sync.discard(old_id)
+            group.pending_sync.add(new_id)
+        member.client_id = client_id
+        member.client_host = client_host
+        member.session_timeout_ms = session_timeout_ms
+        member.rebalance_timeout_ms = rebalance_timeout_ms
+        member.protocols = protocols
+        self._touch(member)
+        self._cancel_session(member)
+        self._arm_session(group, member)
+        if group.state == PREPARING:
+            self._set_join(member, respond)
+            self._try_complete_join(group)
+            return
+        if group.state == COMPLETING:
+            # The leader may be assigning to the old member id: start over.
+            self._set_join(member, respond)
+            self._prepare_rebalance(
+                group, "static member {} rejoined during the sync".format(member.instance_id))
+            return
+        # Stable.
+        new_topics = subscribed_topics(member.metadata_for(group.protocol_name))
+        if group.select_protocol() != group.protocol_name or (
+                group.protocol_type == "consumer" and old_topics != new_topics):
+            self._set_join(member, respond)
+            self._prepare_rebalance(
+                group, "static member {} rejoined with another protocol or subscription"
+                .format(member.instance_id))
+            return
+        if skip_assignment:
+            # JoinGroup v9+: the leader learns it leads but keeps the
+            # assignment of the stable group.
+            leader = group.leader == new_id
+            members = self._join_result(group, member)["members"] if leader else []
+            respond(_join_response(errors.NONE, new_id, group.generation, group, members,
+                                   skip_assignment=leader))
+        else:
+            # Older clients get the previous leader id, so that a restarted
+            # leader does not compute an assignment the stable group would
+            # not pass on.
+            respond(_join_response(errors.NONE, new_id, group.generation, group,
+                                   leader=old_leader))
 
     def _set_join(self, member, respond):
         if member.join is not None and member.join is not respond:
@@ -288,6 +404,8 @@ class GroupCoordinator:
         if instance_id is not None:
             group.static[instance_id] = member_id
         if group.state == PREPARING:
+            if group.generation == 0:
+                group.new_member_added = True
             self._try_complete_join(group)
         else:
             self._prepare_rebalance(group, "member {} joined".format(member_id))
@@ -314,36 +432,53 @@ class GroupCoordinator:
                 if m.sync is not None:
                     m.sync(_sync_response(errors.REBALANCE_IN_PROGRESS, group))
                     m.sync = None
+        self._cancel_pending_sync(group)
         initial = group.state == EMPTY
         group.state = PREPARING
         self.log.debug("kafka: group {group} rebalancing: {reason}",
                        group=group.group_id, reason=reason)
         self._cancel_rebalance(group)
-        timeout = max([m.rebalance_timeout_ms for m in group.members.values()] or [0])
-        if initial and self.config.group_initial_rebalance_delay_ms:
-            delay = min(self.config.group_initial_rebalance_delay_ms, timeout)
+        timeout = self._rebalance_timeout(group)
+        delay = self.config.group_initial_rebalance_delay_ms
+        if initial and delay:
+            # As Kafka's InitialDelayedJoin: wait for more members, again
+            # while new ones arrive, at most the rebalance timeout.
+            group.initial_delay = True
+            group.new_member_added = False
             group.rebalance_timer = self.reactor.callLater(
-                delay / 1000.0, self._initial_delay_over, group, timeout - delay)
+                delay / 1000.0, self._initial_delay_over, group, delay,
+                max(timeout - delay, 0))
             return
         group.rebalance_timer = self.reactor.callLater(
             timeout / 1000.0, self._rebalance_timed_out, group)
         self._try_complete_join(group)
 
-    def _initial_delay_over(self, group, rest_ms):
-        group.rebalance_timer = self.reactor.callLater(
-            rest_ms / 1000.0, self._rebalance_timed_out, group)
-        self._try_complete_join(group)
+    def _rebalance_timeout(self, group):
+        return max([m.rebalance_timeout_ms for m in group.members.values()] or [0])
+
+    def _initial_delay_over(self, group, delay_ms, remaining_ms):
+        group.rebalance_timer = None
+        if group.state != PREPARING:
+            group.initial_delay = False
+            return
+        if group.new_member_added and remaining_ms:
+            group.new_member_added = False
+            delay = min(self.config.group_initial_rebalance_delay_ms, remaining_ms)
+            group.rebalance_timer = self.reactor.callLater(
+                delay / 1000.0, self._initial_delay_over, group, delay,
+                max(remaining_ms - delay_ms, 0))
+            return
+        group.initial_delay = False
+        self._rebalance_timed_out(group)
 
     def _cancel_rebalance(self, group):
         timer, group.rebalance_timer = group.rebalance_timer, None
+        group.initial_delay = False
         if timer is not None and timer.active():
             timer.cancel()
 
     def _try_complete_join(self, group):
-        if group.state != PREPARING:
-            return
-        timer = group.rebalance_timer
-        if timer is not None and timer.active() and timer.func == self._initial_delay_over:
+        if group.state != PREPARING or group.initial_delay:
             return
         if group.pending:
             return
@@ -353,32 +488,46 @@ class GroupCoordinator:
         self._complete_join(group)
 
     def _rebalance_timed_out(self, group):
+        """
+        The join phase is over (rebalance timeout, or end of the initial
+        delay): dynamic members that did not rejoin are removed, static ones
+        stay in the group (as Kafka).
+        """
         group.rebalance_timer = None
         if group.state != PREPARING:
             return
         for member_id, m in list(group.members.items()):
-            if m.join is None:
+            if m.join is None and m.instance_id is None:
                 self.log.info("kafka: group {group}: member {member} did not rejoin in time",
                               group=group.group_id, member=member_id)
                 self._remove(group, m)
-        for timer in group.pending.values():
-            if timer.active():
-                timer.cancel()
-        group.pending.clear()
+        # Members still to come back with the id MEMBER_ID_REQUIRED gave
+        # them stay pending (until their session timeout): they join the
+        # next generation, as in Kafka.
+        if group.members and not any(m.join is not None for m in group.members.values()):
+            # Only static members that did not rejoin: wait again, until
+            # they rejoin or their sessions expire.
+            self.log.info("kafka: group {group}: no member rejoined, waiting again",
+                          group=group.group_id)
+            group.rebalance_timer = self.reactor.callLater(
+                self._rebalance_timeout(group) / 1000.0, self._rebalance_timed_out, group)
+            return
         self._complete_join(group)
 
     def _complete_join(self, group):
         self._cancel_rebalance(group)
         group.generation += 1
         if not group.members:
+            # As Kafka: an empty group keeps its protocol type.
             group.state = EMPTY
             group.protocol_name = None
-            group.protocol_type = None
             group.leader = None
             return
         group.protocol_name = group.select_protocol()
-        if group.leader not in group.members:
-            group.leader = next(iter(group.members))
+        leader = group.members.get(group.leader)
+        if leader is None or leader.join is None:
+            group.leader = next(m.member_id for m in group.members.values()
+                                if m.join is not None)
         group.state = COMPLETING
         self.log.info(
             "kafka: group {group} generation {generation}: {n} members, protocol {protocol}",
@@ -392,6 +541,35 @@ class GroupCoordinator:
             self._arm_session(group, m)
             if respond is not None:
                 respond(self._join_result(group, m))
+        # Every member must now send SyncGroup within the rebalance timeout.
+        group.pending_sync = set(group.members)
+        group.sync_timer = self.reactor.callLater(
+            self._rebalance_timeout(group) / 1000.0, self._pending_sync_expired, group,
+            group.generation)
+
+    def _synced(self, group, member_id):
+        group.pending_sync.discard(member_id)
+        if not group.pending_sync:
+            self._cancel_pending_sync(group)
+
+    def _cancel_pending_sync(self, group):
+        group.pending_sync = set()
+        timer, group.sync_timer = group.sync_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _pending_sync_expired(self, group, generation):
+        group.sync_timer = None
+        if generation != group.generation or group.state not in (COMPLETING, STABLE):
+            return
+        late = [group.members[m] for m in group.pending_sync if m in group.members]
+        group.pending_sync = set()
+        for m in late:
+            self.log.info("kafka: group {group}: member {member} sent no SyncGroup in time",
+                          group=group.group_id, member=m.member_id)
+            self._remove(group, m)
+        if late:
+            self._after_removal(group, "members sent no SyncGroup in time")
 
     # sessions
 
@@ -426,6 +604,7 @@ class GroupCoordinator:
 
     def _remove(self, group, member):
         group.members.pop(member.member_id, None)
+        group.pending_sync.discard(member.member_id)
         if member.instance_id is not None and group.static.get(member.instance_id) == \
                 member.member_id:
             del group.static[member.instance_id]
@@ -482,6 +661,7 @@ class GroupCoordinator:
             respond(_sync_response(errors.REBALANCE_IN_PROGRESS, group))
             return
         if group.state == STABLE:
+            self._synced(group, member_id)
             respond(_sync_response(errors.NONE, group, member.assignment))
             return
         if group.state != COMPLETING:
@@ -490,6 +670,7 @@ class GroupCoordinator:
         if member.sync is not None:
             member.sync(_sync_response(errors.REBALANCE_IN_PROGRESS, group))
         member.sync = respond
+        self._synced(group, member_id)
         if member_id == group.leader:
             for m in group.members.values():
                 m.assignment = assignments.get(m.member_id, b"")
@@ -523,34 +704,37 @@ class GroupCoordinator:
                 (m, i, errors.UNKNOWN_MEMBER_ID) for m, i in members]
         results = []
         removed = False
-        for member_id, instance_id in members:
+        for given_id, instance_id in members:
+            member_id = given_id
             if instance_id is not None:
                 known = group.static.get(instance_id)
                 if known is None:
-                    results.append((member_id, instance_id, errors.UNKNOWN_MEMBER_ID))
+                    results.append((given_id, instance_id, errors.UNKNOWN_MEMBER_ID))
                     continue
                 if member_id and known != member_id:
-                    results.append((member_id, instance_id, errors.FENCED_INSTANCE_ID))
+                    results.append((given_id, instance_id, errors.FENCED_INSTANCE_ID))
                     continue
                 member_id = known
             member = group.members.get(member_id)
             if member is None:
                 timer = group.pending.pop(member_id, None)
                 if timer is not None:
+                    # A member that never joined: no rebalance for it.
                     if timer.active():
                         timer.cancel()
-                    results.append((member_id, instance_id, errors.NONE))
-                    removed = True
+                    results.append((given_id, instance_id, errors.NONE))
                     continue
-                results.append((member_id, instance_id, errors.UNKNOWN_MEMBER_ID))
+                results.append((given_id, instance_id, errors.UNKNOWN_MEMBER_ID))
                 continue
             self.log.info("kafka: group {group}: member {member} left",
                           group=group_id, member=member_id)
             self._remove(group, member)
             removed = True
-            results.append((member_id, instance_id, errors.NONE))
+            results.append((given_id, instance_id, errors.NONE))
         if removed:
             self._after_removal(group, "members left")
+        elif group.state == PREPARING:
+            self._try_complete_join(group)
         code = errors.NONE
         if len(results) == 1:
             code = results[0][2]
@@ -581,13 +765,18 @@ class GroupCoordinator:
 
     def commit(self, group_id, commits):
         """
-        @param commits: shard name to C{(offset, metadata)}.
+        @param commits: shard name to C{(offset, metadata)} or
+            C{(offset, metadata, leader_epoch)}.
         @return: a Deferred firing once durable.
         """
         return self.offsets.commit_many(OFFSETS_PREFIX + group_id, commits)
 
-    def committed(self, group_id):
-        return self.offsets.fetch_group(OFFSETS_PREFIX + group_id)
+    def committed(self, group_id, leader_epochs=False):
+        """
+        @return: shard name to C{(offset, metadata)}, or to C{(offset,
+            metadata, leader_epoch)} when C{leader_epochs} is true.
+        """
+        return self.offsets.fetch_group(OFFSETS_PREFIX + group_id, leader_epochs)
 
     # administration
 
@@ -598,7 +787,9 @@ class GroupCoordinator:
                "authorized_operations": -2147483648}
         if group is None:
             if self.committed(group_id):
+                # Known by its offsets only (after a restart): as listed.
                 out["group_state"] = EMPTY
+                out["protocol_type"] = "consumer"
             return out
         out["group_state"] = group.state
         out["protocol_type"] = group.protocol_type or ""

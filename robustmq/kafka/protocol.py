@@ -976,6 +976,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             body["session_timeout_ms"],
             body["rebalance_timeout_ms"] if version >= 1 else body["session_timeout_ms"],
             header["client_id"] or "", self.peer_host, version >= 4, respond,
+            skip_assignment=version >= 9,
         )
         return _LATER
 
@@ -1009,6 +1010,9 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         else:
             members = [(body["member_id"], None)]
         code, results = self.broker.groups.leave(body["group_id"], members)
+        if version >= 3:
+            # As Kafka: the errors are per member; the top level has none.
+            code = errors.NONE
         return {"throttle_time_ms": 0, "error_code": code, "members": [
             {"member_id": m, "group_instance_id": i, "error_code": c} for m, i, c in results]}
 
@@ -1043,7 +1047,8 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                     r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
                     continue
                 commits[topic.partitions[index].shard] = (
-                    cp["committed_offset"], cp["committed_metadata"] or "")
+                    cp["committed_offset"], cp["committed_metadata"] or "",
+                    cp["committed_leader_epoch"])
         response = {"throttle_time_ms": 0, "topics": topics}
         if not commits:
             return response
@@ -1084,18 +1089,18 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         if not self.allowed(DESCRIBE, GROUP, group_id):
             return {"group_id": group_id, "topics": [],
                     "error_code": errors.GROUP_AUTHORIZATION_FAILED}
-        committed = broker.groups.committed(group_id)
+        committed = broker.groups.committed(group_id, leader_epochs=True)
         topics = []
         if wanted is None:
             by_topic = {}
-            for shard, (offset, metadata) in sorted(committed.items()):
+            for shard, (offset, metadata, epoch) in sorted(committed.items()):
                 _, name, index = shard.rsplit("/", 2)
                 if name in broker.topics and self.allowed(DESCRIBE, TOPIC, name, quiet=True):
-                    by_topic.setdefault(name, []).append((int(index), offset, metadata))
+                    by_topic.setdefault(name, []).append((int(index), offset, metadata, epoch))
             for name, parts in sorted(by_topic.items()):
                 topics.append({"name": name, "partitions": [
-                    {"partition_index": i, "committed_offset": o, "committed_leader_epoch": -1,
-                     "metadata": m, "error_code": errors.NONE} for i, o, m in parts]})
+                    {"partition_index": i, "committed_offset": o, "committed_leader_epoch": e,
+                     "metadata": m, "error_code": errors.NONE} for i, o, m, e in parts]})
         else:
             for t in wanted:
                 name = t["name"]
@@ -1104,9 +1109,9 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                 denied = not self.allowed(DESCRIBE, TOPIC, name)
                 for index in t["partition_indexes"]:
                     found = None if denied else committed.get("kafka/{}/{}".format(name, index))
-                    offset, metadata = found if found is not None else (-1, "")
+                    offset, metadata, epoch = found if found is not None else (-1, "", -1)
                     out.append({"partition_index": index, "committed_offset": offset,
-                                "committed_leader_epoch": -1, "metadata": metadata,
+                                "committed_leader_epoch": epoch, "metadata": metadata,
                                 "error_code": (errors.TOPIC_AUTHORIZATION_FAILED if denied
                                                else errors.NONE)})
         return {"group_id": group_id, "topics": topics, "error_code": errors.NONE}

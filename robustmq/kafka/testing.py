@@ -64,11 +64,13 @@ class MemoryOffsets:
     def commit_many(self, group, offsets):
         g = self.committed.setdefault(group, {})
         for shard, value in offsets.items():
-            g[shard] = value if isinstance(value, tuple) else (value, "")
+            value = value if isinstance(value, tuple) else (value, "")
+            g[shard] = value if len(value) == 3 else value + (-1,)
         return succeed(None)
 
-    def fetch_group(self, group):
-        return dict(self.committed.get(group, {}))
+    def fetch_group(self, group, leader_epochs=False):
+        g = self.committed.get(group, {})
+        return dict(g) if leader_epochs else {s: v[:2] for s, v in g.items()}
 
     def groups(self):
         return sorted(g for g, s in self.committed.items() if s)
@@ -88,7 +90,9 @@ def kafka_config(**kafka_runtime):
     The C{[kafka_runtime]} section with the defaults, changed by
     C{kafka_runtime} (C{network} may be a dict of network keys).
     """
-    section = {"network": {"listeners": [LOCAL]}}
+    section = {"network": {"listeners": [LOCAL]},
+               # No initial rebalance delay unless a test asks for it.
+               "group_initial_rebalance_delay_ms": 0}
     network = kafka_runtime.pop("network", {})
     section["network"].update(network)
     section.update(kafka_runtime)
@@ -192,9 +196,10 @@ class FakeClient:
 
 def broker_config(data_dir, **kafka_runtime):
     """
-    A whole config with only a Kafka listener on 127.0.0.1 port 0.
+    A whole config with only a Kafka listener on 127.0.0.1 port 0 (and no
+    initial rebalance delay unless C{kafka_runtime} sets one).
     """
-    section = {"network": {"listeners": [LOCAL]}}
+    section = {"network": {"listeners": [LOCAL]}, "group_initial_rebalance_delay_ms": 0}
     section.update(kafka_runtime)
     storage = section.pop("storage", {})
     return parse_config({

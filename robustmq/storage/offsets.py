@@ -3,6 +3,11 @@
 L{OffsetManager}: the committed offsets of consumer groups (Kafka groups,
 MQTT shared subscriptions, AMQP queues), durable in
 C{<data_dir>/offsets.sqlite3}.
+
+Each offset is kept with its metadata string and the leader epoch the
+client gave with it (Kafka, KIP-320; -1 when unknown). A database written
+before leader epochs were kept gets the column added (-1 for every offset)
+when it is opened; older versions still read and write it.
 """
 
 import os
@@ -18,19 +23,26 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS offsets ("
     " grp TEXT NOT NULL, shard TEXT NOT NULL, offset INTEGER NOT NULL,"
     " metadata TEXT NOT NULL, commit_ms INTEGER NOT NULL,"
+    " leader_epoch INTEGER NOT NULL DEFAULT -1,"
     " PRIMARY KEY (grp, shard)) WITHOUT ROWID"
 )
 
 
 def _load(conn):
     conn.execute(_SCHEMA)
-    return conn.execute("SELECT grp, shard, offset, metadata FROM offsets").fetchall()
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(offsets)")}
+    if "leader_epoch" not in columns:
+        # Written by a version that kept no leader epochs.
+        conn.execute(
+            "ALTER TABLE offsets ADD COLUMN leader_epoch INTEGER NOT NULL DEFAULT -1")
+    return conn.execute(
+        "SELECT grp, shard, offset, metadata, leader_epoch FROM offsets").fetchall()
 
 
 def _upsert(conn, rows):
     conn.executemany(
-        "INSERT OR REPLACE INTO offsets (grp, shard, offset, metadata, commit_ms)"
-        " VALUES (?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO offsets (grp, shard, offset, metadata, commit_ms, leader_epoch)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
         rows,
     )
 
@@ -41,6 +53,26 @@ def _delete_group(conn, group):
 
 def _delete_shard(conn, shard):
     conn.execute("DELETE FROM offsets WHERE shard = ?", (shard,))
+
+
+def _entry(value):
+    """
+    C{(offset, metadata, leader_epoch)} from what L{OffsetManager.commit_many}
+    accepts: an offset, C{(offset, metadata)} or C{(offset, metadata,
+    leader_epoch)}.
+    """
+    if not isinstance(value, tuple):
+        return value, "", -1
+    if len(value) == 2:
+        offset, metadata = value
+        leader_epoch = -1
+    else:
+        offset, metadata, leader_epoch = value
+    if metadata is None:
+        metadata = ""
+    if leader_epoch is None:
+        leader_epoch = -1
+    return offset, metadata, leader_epoch
 
 
 @implementer(IOffsetManager)
@@ -70,8 +102,8 @@ class OffsetManager:
         return self.writer.open(_load).addCallback(self._loaded)
 
     def _loaded(self, rows):
-        for group, shard, offset, metadata in rows:
-            self._groups.setdefault(group, {})[shard] = (offset, metadata)
+        for group, shard, offset, metadata, leader_epoch in rows:
+            self._groups.setdefault(group, {})[shard] = (offset, metadata, leader_epoch)
         self.log.info(
             "offsets opened: {count} committed offsets of {groups} groups",
             count=len(rows), groups=len(self._groups),
@@ -90,27 +122,30 @@ class OffsetManager:
             now = int(self.reactor.seconds() * 1000)
             rows = []
             for shard, value in offsets.items():
-                offset, metadata = value if isinstance(value, tuple) else (value, "")
-                if metadata is None:
-                    metadata = ""
+                offset, metadata, leader_epoch = _entry(value)
                 if not isinstance(shard, str) or not isinstance(metadata, str):
                     raise TypeError("shard names and metadata are strings")
-                if not isinstance(offset, int) or isinstance(offset, bool):
-                    raise TypeError("an offset is an int, not {!r}".format(offset))
-                rows.append((group, shard, offset, metadata, now))
+                for n in (offset, leader_epoch):
+                    if not isinstance(n, int) or isinstance(n, bool):
+                        raise TypeError("offsets and epochs are ints, not {!r}".format(n))
+                rows.append((group, shard, offset, metadata, now, leader_epoch))
             d = self.writer.submit(_upsert, rows)
         except Exception:
             return fail()
         committed = self._groups.setdefault(group, {})
-        for _, shard, offset, metadata, _ in rows:
-            committed[shard] = (offset, metadata)
+        for _, shard, offset, metadata, _, leader_epoch in rows:
+            committed[shard] = (offset, metadata, leader_epoch)
         return d.addCallback(lambda _: None)
 
     def fetch(self, group, shard):
-        return self._groups.get(group, {}).get(shard)
+        found = self._groups.get(group, {}).get(shard)
+        return found[:2] if found is not None else None
 
-    def fetch_group(self, group):
-        return dict(self._groups.get(group, {}))
+    def fetch_group(self, group, leader_epochs=False):
+        committed = self._groups.get(group, {})
+        if leader_epochs:
+            return dict(committed)
+        return {shard: value[:2] for shard, value in committed.items()}
 
     def groups(self):
         return sorted(group for group, shards in self._groups.items() if shards)
