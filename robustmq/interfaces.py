@@ -441,6 +441,13 @@ class IOffsetManager(Interface):
         @return: a Deferred firing after the COMMIT.
         """
 
+    def delete_offsets(group, shards):
+        """
+        Forget the offsets of C{group} for C{shards} (Kafka's OffsetDelete).
+
+        @return: a Deferred firing after the COMMIT.
+        """
+
     def delete_shard(shard):
         """
         Forget every group's offset of C{shard} (when it is deleted).

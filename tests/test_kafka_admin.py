@@ -237,3 +237,54 @@ class AuthorizationTests(SynchronousTestCase):
             ELECT_LEADERS, 2, election_type=0, topic_partitions=None, timeout_ms=1000))
         self.assertEqual(r["replica_election_results"][0]["partition_result"][0]["error_code"],
                          errors.ELECTION_NOT_NEEDED)
+
+
+class OffsetDeleteTests(RealBrokerTestCase):
+    if kafka_python is None:
+        skip = "kafka-python is not installed"
+
+    @inlineCallbacks
+    def test_kafka_python_delete_group_offsets(self):
+        """
+        kafka-python's delete_group_offsets: while a member subscribes to
+        the topic its partitions are GROUP_SUBSCRIBED_TO_TOPIC and kept;
+        once the group is empty they are deleted (and stay deleted); an
+        unknown group is GROUP_ID_NOT_FOUND.
+        """
+        from kafka.errors import GroupIdNotFoundError, GroupSubscribedToTopicError, NoError
+        from kafka.structs import OffsetAndMetadata
+        from kafka.structs import TopicPartition as KTP
+
+        def scenario():
+            producer = kafka_python.KafkaProducer(bootstrap_servers=self.bootstrap)
+            for i in range(2):
+                producer.send("od", b"x", partition=0)
+            producer.flush(30)
+            producer.close()
+            consumer = kafka_python.KafkaConsumer(
+                "od", bootstrap_servers=self.bootstrap, group_id="odg",
+                auto_offset_reset="earliest", enable_auto_commit=False)
+            for _ in range(40):
+                if consumer.poll(timeout_ms=250):
+                    break
+            consumer.commit({KTP("od", 0): OffsetAndMetadata(2, "", -1)})
+            admin = kafka_python.KafkaAdminClient(bootstrap_servers=self.bootstrap)
+            busy = admin.delete_group_offsets("odg", [KTP("od", 0)])
+            kept = admin.list_group_offsets("odg")["odg"]
+            consumer.close()
+            done = admin.delete_group_offsets("odg", [KTP("od", 0)])
+            left = admin.list_group_offsets("odg")["odg"]
+            try:
+                admin.delete_group_offsets("nobody", [KTP("od", 0)])
+                unknown = None
+            except GroupIdNotFoundError as e:
+                unknown = type(e)
+            admin.close()
+            return busy, kept, done, left, unknown
+
+        busy, kept, done, left, unknown = yield deferToThread(scenario)
+        self.assertEqual(busy, {KTP("od", 0): GroupSubscribedToTopicError})
+        self.assertEqual([(tp, o.offset) for tp, o in kept.items()], [(KTP("od", 0), 2)])
+        self.assertEqual(done, {KTP("od", 0): NoError})
+        self.assertEqual(left, {})
+        self.assertIs(unknown, GroupIdNotFoundError)

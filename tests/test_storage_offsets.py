@@ -107,6 +107,21 @@ class OffsetManagerTests(TestCase):
         self.assertEqual(o.fetch("g", "a"), (5, "m"))
 
     @defer.inlineCallbacks
+    def test_delete_offsets(self):
+        """
+        C{delete_offsets} forgets some shards of one group, durably; the
+        other shards and groups keep theirs.
+        """
+        o = self.offsets
+        yield o.commit_many("g", {"a": 1, "b": 2, "c": 3})
+        yield o.commit("h", "a", 9)
+        yield o.delete_offsets("g", ["a", "c", "unknown"])
+        self.assertEqual(o.fetch_group("g"), {"b": (2, "")})
+        yield self.reopen()
+        self.assertEqual(self.offsets.fetch_group("g"), {"b": (2, "")})
+        self.assertEqual(self.offsets.fetch_group("h"), {"a": (9, "")})
+
+    @defer.inlineCallbacks
     def test_migrates_old_database(self):
         """
         A database written before leader epochs were kept opens with its

@@ -2,8 +2,8 @@
 """
 Kafka administration requests of one broker: DeleteRecords (moves the log
 start offset), OffsetForLeaderEpoch (clients check for truncation),
-DescribeLogDirs and ElectLeaders (one node: every partition's leader is
-its preferred one).
+DescribeLogDirs, ElectLeaders (one node: every partition's leader is its
+preferred one) and OffsetDelete.
 
 A mix-in of L{robustmq.kafka.protocol.KafkaProtocol}: the handlers use its
 broker, its authorization (L{allowed}) and its response slots.
@@ -12,7 +12,7 @@ broker, its authorization (L{allowed}) and its response slots.
 import os
 
 from robustmq.kafka import errors
-from robustmq.kafka.acl import ALTER, CLUSTER, CLUSTER_NAME, DELETE, DESCRIBE, TOPIC
+from robustmq.kafka.acl import ALTER, CLUSTER, CLUSTER_NAME, DELETE, DESCRIBE, GROUP, READ, TOPIC
 
 #: The only leader epoch of a partition of this node.
 LEADER_EPOCH = 0
@@ -23,6 +23,7 @@ ADMIN_VERSIONS = {
     23: (0, 4),    # OffsetForLeaderEpoch
     35: (0, 4),    # DescribeLogDirs
     43: (0, 2),    # ElectLeaders
+    47: (0, 0),    # OffsetDelete
 }
 
 
@@ -37,6 +38,7 @@ class AdminHandlers:
             23: self.handle_offset_for_leader_epoch,
             35: self.handle_describe_log_dirs,
             43: self.handle_elect_leaders,
+            47: self.handle_offset_delete,
         }
 
     def _partition(self, name, index):
@@ -224,6 +226,59 @@ class AdminHandlers:
             results.append({"topic": name, "partition_result": out})
         return {"throttle_time_ms": 0, "error_code": errors.NONE,
                 "replica_election_results": results}
+
+
+    # OffsetDelete
+
+    def handle_offset_delete(self, version, body, header):
+        """
+        Forget committed offsets of a group: delete on the group, read on
+        each topic; partitions of topics the group's members subscribe to
+        are GROUP_SUBSCRIBED_TO_TOPIC, as in Kafka.
+        """
+        group_id = body["group_id"]
+        response = {"error_code": errors.NONE, "throttle_time_ms": 0, "topics": []}
+        if not self.allowed(DELETE, GROUP, group_id):
+            response["error_code"] = errors.GROUP_AUTHORIZATION_FAILED
+            return response
+        rows = []
+        wanted = {}
+        for t in body["topics"]:
+            name = t["name"]
+            denied = not self.allowed(READ, TOPIC, name)
+            out = []
+            response["topics"].append({"name": name, "partitions": out})
+            for p in t["partitions"]:
+                index = p["partition_index"]
+                r = {"partition_index": index, "error_code": errors.NONE}
+                out.append(r)
+                if denied:
+                    r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+                elif self._partition(name, index) is None:
+                    r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
+                else:
+                    shard = self._partition(name, index).shard
+                    wanted.setdefault(name, []).append(shard)
+                    rows.append((r, shard))
+        code, results, d = self.broker.groups.delete_offsets(group_id, wanted)
+        if code:
+            return {"error_code": code, "throttle_time_ms": 0, "topics": []}
+        for r, shard in rows:
+            r["error_code"] = results.get(shard, errors.NONE)
+        if d is None:
+            return response
+        respond = self._respond_later(header)
+
+        def failed(failure):
+            self.log.failure("kafka: deleting offsets of {group} failed", failure,
+                             group=group_id)
+            for r, _ in rows:
+                if r["error_code"] == errors.NONE:
+                    r["error_code"] = errors.KAFKA_STORAGE_ERROR
+
+        d.addErrback(failed)
+        d.addBoth(lambda _: respond(response))
+        return self.LATER
 
 
 def _log_dir(storage):

@@ -778,6 +778,41 @@ class GroupCoordinator:
         """
         return self.offsets.fetch_group(OFFSETS_PREFIX + group_id, leader_epochs)
 
+    def delete_offsets(self, group_id, shards_by_topic):
+        """
+        Kafka's OffsetDelete: forget the committed offsets of C{group_id}
+        for the given partitions, except those of topics its members
+        subscribe to.
+
+        @param shards_by_topic: topic name to the shard names asked for.
+        @return: C{(error_code, {shard: error_code}, Deferred or None)}.
+        """
+        group = self.groups.get(group_id)
+        committed = self.committed(group_id)
+        if (group is None or group.state == DEAD) and not committed:
+            return errors.GROUP_ID_NOT_FOUND, {}, None
+        subscribed = frozenset()
+        if group is not None and group.members:
+            if group.protocol_type != "consumer":
+                return errors.NON_EMPTY_GROUP, {}, None
+            topics = set()
+            for m in group.members.values():
+                found = subscribed_topics(m.metadata_for(group.protocol_name) or b"")
+                topics.update(found or ())
+            subscribed = topics
+        results = {}
+        doomed = []
+        for topic, shards in shards_by_topic.items():
+            for shard in shards:
+                if topic in subscribed:
+                    results[shard] = errors.GROUP_SUBSCRIBED_TO_TOPIC
+                else:
+                    results[shard] = errors.NONE
+                    if shard in committed:
+                        doomed.append(shard)
+        d = self.offsets.delete_offsets(OFFSETS_PREFIX + group_id, doomed) if doomed else None
+        return errors.NONE, results, d
+
     # administration
 
     def describe(self, group_id):

@@ -79,6 +79,12 @@ class MemoryOffsets:
         self.committed.pop(group, None)
         return succeed(None)
 
+    def delete_offsets(self, group, shards):
+        g = self.committed.get(group, {})
+        for shard in shards:
+            g.pop(shard, None)
+        return succeed(None)
+
     def delete_shard(self, shard):
         for g in self.committed.values():
             g.pop(shard, None)

@@ -51,6 +51,11 @@ def _delete_group(conn, group):
     conn.execute("DELETE FROM offsets WHERE grp = ?", (group,))
 
 
+def _delete_offsets(conn, group, shards):
+    conn.executemany("DELETE FROM offsets WHERE grp = ? AND shard = ?",
+                     [(group, shard) for shard in shards])
+
+
 def _delete_shard(conn, shard):
     conn.execute("DELETE FROM offsets WHERE shard = ?", (shard,))
 
@@ -156,6 +161,17 @@ class OffsetManager:
         except Exception:
             return fail()
         self._groups.pop(group, None)
+        return d.addCallback(lambda _: None)
+
+    def delete_offsets(self, group, shards):
+        shards = list(shards)
+        try:
+            d = self.writer.submit(_delete_offsets, group, shards)
+        except Exception:
+            return fail()
+        committed = self._groups.get(group, {})
+        for shard in shards:
+            committed.pop(shard, None)
         return d.addCallback(lambda _: None)
 
     def delete_shard(self, shard):
