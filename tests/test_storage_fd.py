@@ -331,3 +331,20 @@ class CreateShardsTests(TestCase):
             m.create_shards([("a/2", None, None), ("a/0", None, None)]), ShardExists
         )
         self.assertEqual(m.shards("a/"), ["a/0", "a/1"])
+
+
+class ByPathTests(TestCase):
+    """
+    Jobs given a closed segment by path.
+    """
+
+    def test_fsync_deleted(self):
+        """
+        A segment deleted before its fsync by path is not an fsync failure
+        (it would make its shard read-only).
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"x")
+        gone = path + ".gone"
+        self.assertEqual(segment_module._fsync_job([path, gone], []), ({}, {}))

@@ -98,15 +98,22 @@ def fsync_dir(path):
 def _datasync(fd_or_path):
     """
     fdatasync an open file, or (by its path) one the driver has closed.
+
+    @return: C{False} when the path does not exist any more (the segment
+        was deleted meanwhile: nothing to make durable), else C{True}.
     """
     if isinstance(fd_or_path, int):
         _fdatasync(fd_or_path)
-        return
-    fd = os.open(fd_or_path, os.O_RDONLY)
+        return True
+    try:
+        fd = os.open(fd_or_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
     try:
         _fdatasync(fd)
     finally:
         os.close(fd)
+    return True
 
 
 def write_file_atomically(path, data, sync=True):
@@ -386,7 +393,8 @@ def _seal_job(segment):
     """
     Make a sealed segment (opened by path) and its index files durable.
     """
-    _datasync(segment.path)
+    if not _datasync(segment.path):
+        return
     offsets, times = segment.encode_index()
     index_path, time_path = segment.index_paths()
     write_file_atomically(index_path, offsets)
