@@ -714,6 +714,12 @@ class NodeConfig:
         "Limit of live connections of all protocols together; 0 = unlimited.",
         100000,
     )
+    fd_reserve: int = setting(
+        Integer(minimum=0),
+        "File descriptors kept free below the process limit (RLIMIT_NOFILE), on top"
+        " of storage.max_open_files: new connections are refused beyond; 0 = no check.",
+        256,
+    )
 
 
 @frozen(kw_only=True)
@@ -977,6 +983,18 @@ class KafkaRuntimeConfig(RuntimeConfig):
         "Most ACLs clients may create with CreateAcls (kept in the metadata store).",
         10000,
     )
+    max_partitions_per_topic: int = setting(
+        Integer(minimum=1),
+        "Partitions one topic may have; CreateTopics and CreatePartitions asking for"
+        " more get POLICY_VIOLATION.",
+        1000,
+    )
+    max_partitions: int = setting(
+        Integer(minimum=1),
+        "Partitions of all topics together; a create that would exceed it gets"
+        " POLICY_VIOLATION.",
+        10000,
+    )
 
 
 @frozen(kw_only=True)
@@ -1078,6 +1096,12 @@ class StorageConfig:
         Integer(minimum=0, exclusive=True),
         "How often retention by size and age is applied to every shard.",
         60000,
+    )
+    max_open_files: int = setting(
+        Integer(minimum=1),
+        "Segment files kept open at once (least recently used closed first); an idle"
+        " shard holds no file descriptor.",
+        1024,
     )
 
     def driver_for(self, protocol_name):

@@ -5,6 +5,12 @@ on accepting new ones, and the traffic totals that metrics report.
 """
 
 import itertools
+import os
+
+try:
+    import resource
+except ImportError:  # pragma: no cover (not POSIX)
+    resource = None
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -59,17 +65,166 @@ class ConnectionInfo:
         }
 
 
+def _fd_directory():
+    for path in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def count_open_fds(directory=_fd_directory()):
+    """
+    The file descriptors this process has open, or L{None} when the system
+    does not tell.
+    """
+    if directory is None:
+        return None
+    try:
+        # listdir holds one descriptor of its own while it reads.
+        return len(os.listdir(directory)) - 1
+    except OSError:
+        return None
+
+
+def fd_limit():
+    """
+    The soft C{RLIMIT_NOFILE} of this process, or L{None} when unlimited
+    or unknown.
+    """
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return None
+    return soft
+
+
+def raise_fd_limit():
+    """
+    Raise the soft C{RLIMIT_NOFILE} of this process to its hard limit.
+
+    @return: C{(soft, hard)} after the change; L{None} for unlimited or
+        unknown.
+    """
+    if resource is None:
+        return None, None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    infinity = resource.RLIM_INFINITY
+    return (None if soft == infinity else soft), (None if hard == infinity else hard)
+
+
+class DescriptorGuard:
+    """
+    Keeps new connections from taking the last file descriptors of the
+    process, so storage never fails with EMFILE: a connection is admitted
+    while C{open + reserve + spare()} stays below the soft
+    C{RLIMIT_NOFILE}.
+
+    Counting open descriptors lists C{/proc/self/fd}: it is done at most
+    every C{interval_s} while far from the limit (admitted connections are
+    counted in between), and at most every C{near_interval_s} when close.
+
+    @param reserve: descriptors kept free (C{[node] fd_reserve}); 0 turns
+        the check off.
+    @param spare: a callable giving the descriptors storage may still open
+        (its C{max_open_files} minus those open).
+    @param count: a callable giving the descriptors open now (L{None} when
+        unknown); L{count_open_fds} by default.
+    @param limit: a callable giving the soft limit (L{None} when
+        unlimited); L{fd_limit} by default.
+    @ivar refused: connections refused since the start.
+    """
+
+    log = Logger()
+    interval_s = 1.0
+    near_interval_s = 0.05
+    #: Below this estimated room, count at every admission (rate-bounded).
+    margin = 64
+    log_every_s = 60.0
+
+    def __init__(self, reactor, reserve, spare=None, count=None, limit=None):
+        self._reactor = reactor
+        self.reserve = reserve
+        self._spare = spare if spare is not None else (lambda: 0)
+        self._count = count if count is not None else count_open_fds
+        self._limit = limit if limit is not None else fd_limit
+        self._checked = None
+        self._room = 0
+        self._open = None
+        self._max = None
+        self.refused = 0
+        self._refused_since_log = 0
+        self._logged = None
+
+    def room(self):
+        """
+        Measure now: connections that may still be admitted (may be
+        negative), or L{None} when there is no known limit.
+        """
+        self._checked = self._reactor.seconds()
+        limit = self._limit()
+        count = self._count() if limit is not None else None
+        if limit is None or count is None:
+            self._room = None
+            return None
+        self._open, self._max = count, limit
+        self._room = limit - count - self.reserve - max(0, self._spare())
+        return self._room
+
+    def admit(self):
+        """
+        Whether one more connection may be accepted now.
+        """
+        if not self.reserve:
+            return True
+        now = self._reactor.seconds()
+        last = self._checked
+        if last is None or now - last >= self.interval_s or (
+            self._room is not None and self._room <= self.margin
+            and now - last >= self.near_interval_s
+        ):
+            self.room()
+        room = self._room
+        if room is None:
+            return True
+        if room > 0:
+            self._room = room - 1
+            return True
+        self.refused += 1
+        self._refused_since_log += 1
+        if self._logged is None or now - self._logged >= self.log_every_s:
+            self.log.warn(
+                "refusing new connections: {open} file descriptors open of a limit of"
+                " {limit}, {reserve} kept free plus {spare} for storage files;"
+                " {count} refused since the last report",
+                open=self._open, limit=self._max, reserve=self.reserve,
+                spare=max(0, self._spare()), count=self._refused_since_log,
+            )
+            self._logged = now
+            self._refused_since_log = 0
+        return False
+
+
 @implementer(IConnectionManager)
 class ConnectionManager:
     """
     @param max_connections: limit over all protocols (0 = unlimited).
     @param rate_limiter: the shared L{robustmq.interfaces.IRateLimiter}.
+    @param fd_guard: a L{DescriptorGuard}, or L{None} for no check of
+        the process's file descriptors.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, rate_limiter, max_connections=0):
+    def __init__(self, reactor, rate_limiter, max_connections=0, fd_guard=None):
         self._reactor = reactor
+        self.fd_guard = fd_guard
         self._rate_limiter = rate_limiter
         self.max_connections = max_connections
         self._ids = itertools.count(1)
@@ -96,6 +251,8 @@ class ConnectionManager:
             ("connect", listener, peer_host), 1.0, rate, burst
         ):
             return "connect_rate"
+        if self.fd_guard is not None and not self.fd_guard.admit():
+            return "file_descriptors"
         return None
 
     def register(self, conn, protocol_name, listener, peer, peer_host, tls):

@@ -273,6 +273,23 @@ class IStorageDriverManager(Interface):
         @raise ValueError: for a bad name or an unknown driver.
         """
 
+    def create_shards(specs):
+        """
+        Create shards with their directories and files made off the
+        reactor thread: all of them, or none (nothing left on disk).
+
+        @param specs: C{(name, retention_bytes, retention_ms)} tuples.
+        @return: a Deferred firing with L{None} once they exist; it fails
+            with L{robustmq.storage.errors.ShardExists} when one exists or
+            is being created, L{StorageError} when they cannot be made.
+        """
+
+    def open_files():
+        """
+        How many segment files are open now (bounded by C{[storage]
+        max_open_files}).
+        """
+
     def delete_shard(name):
         """
         Delete a shard and its data. It is gone at once (the name may be

@@ -23,7 +23,7 @@ from robustmq.admin.params import AdminParams
 from robustmq.admin.service import AdminService
 from robustmq.amqp.params import AmqpParams
 from robustmq.amqp.service import AmqpService
-from robustmq.connections import ConnectionManager
+from robustmq.connections import ConnectionManager, DescriptorGuard, raise_fd_limit
 from robustmq.kafka.params import KafkaParams
 from robustmq.kafka.service import KafkaService
 from robustmq.metrics import Metrics
@@ -81,6 +81,11 @@ class BrokerServer(MultiService):
         self.storage = self.storage_service.storage
         self.offsets = self.storage_service.offsets
         self.meta = self.storage_service.meta
+        max_open_files = config.storage.max_open_files
+        self.connections.fd_guard = DescriptorGuard(
+            reactor, node.fd_reserve,
+            spare=lambda: max_open_files - self.storage.open_files(),
+        )
 
         self.add_shared(self.storage_service)
         self.add_shared(AuthenticatorService(self.authenticator))
@@ -131,6 +136,7 @@ class BrokerServer(MultiService):
         runs; when any fails, close those bound and raise one
         L{ListenError} naming all.
         """
+        self.check_fd_limit()
         for service in self.shared_services:
             service.privilegedStartService()
         problems = []
@@ -145,6 +151,23 @@ class BrokerServer(MultiService):
             self.status = "failed"
             self.storage_service.unlock()
             raise ListenError(problems)
+
+    def check_fd_limit(self):
+        """
+        Raise the soft limit of open files to the hard one, and warn when
+        it leaves little room for connections next to storage's files.
+        """
+        soft, hard = raise_fd_limit()
+        if soft is None:
+            return
+        wanted = self.config.storage.max_open_files + self.config.node.fd_reserve
+        if self.config.node.fd_reserve and soft < wanted + 1024:
+            self.log.warn(
+                "the process may open {soft} files (RLIMIT_NOFILE): storage.max_open_files"
+                " ({files}) and node.fd_reserve ({reserve}) leave {left} for connections",
+                soft=soft, files=self.config.storage.max_open_files,
+                reserve=self.config.node.fd_reserve, left=max(0, soft - wanted),
+            )
 
     def startService(self):
         MultiService.startService(self)

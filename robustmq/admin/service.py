@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Site
 
-from robustmq.network.service import ListeningService
+from robustmq.network.service import GuardedFactory, ListeningService
 
 
 def _json(request, code, body):
@@ -254,4 +254,7 @@ class AdminService(ListeningService):
         self.params = params
         self.site = build_site(params)
         for i, endpoint in enumerate(params.config.listeners):
-            self.add_listener(endpoint, self.site, "admin.listeners[{}]".format(i))
+            self.add_listener(
+                endpoint, GuardedFactory(self.site, params.connections, params.metrics, "admin"),
+                "admin.listeners[{}]".format(i),
+            )

@@ -16,6 +16,7 @@ import uuid
 from twisted.internet.defer import gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from robustmq.kafka import errors
 from robustmq.kafka.acl import KafkaAcl
@@ -157,6 +158,10 @@ class KafkaBroker:
         self.acl = KafkaAcl(params.authorizer, params.meta, params.config.max_acls)
         self.acl_denied = params.metrics.counter(
             "kafka_acl_denied", "Kafka requests (per resource) refused by ACL", ("action",))
+        #: Topic name to the partition count it will have once the shards
+        #: being made in the background exist (CreateTopics,
+        #: CreatePartitions).
+        self.pending = {}
 
     # life cycle
 
@@ -217,12 +222,73 @@ class KafkaBroker:
         self._grow(topic, count)
 
     def _grow(self, topic, count):
+        """
+        Give C{topic} C{count} partitions now, creating their shards on the
+        calling thread; on failure the shards made are deleted again.
+        """
         rb, rm = self._retention(topic)
-        for index in range(len(topic.partitions), count):
-            p = Partition(topic, index)
-            if not self.storage.has_shard(p.shard):
-                self.storage.create_shard(p.shard, retention_bytes=rb, retention_ms=rm)
-            topic.partitions.append(p)
+        made = []
+        start = len(topic.partitions)
+        try:
+            for index in range(start, count):
+                p = Partition(topic, index)
+                if not self.storage.has_shard(p.shard):
+                    self.storage.create_shard(p.shard, retention_bytes=rb, retention_ms=rm)
+                    made.append(p.shard)
+                topic.partitions.append(p)
+        except Exception:
+            del topic.partitions[start:]
+            for shard in made:
+                self.storage.delete_shard(shard).addErrback(self._delete_failed, shard)
+            raise
+
+    def _delete_failed(self, failure, shard):
+        self.log.failure("kafka: removing shard {shard} failed", failure, shard=shard)
+
+    def _grow_later(self, topic, count):
+        """
+        Give C{topic} C{count} partitions, with their shards made in the
+        storage thread pool (all or none).
+
+        @return: a Deferred firing with the partitions added, not yet
+            attached to C{topic}.
+        """
+        rb, rm = self._retention(topic)
+        partitions = [Partition(topic, i) for i in range(len(topic.partitions), count)]
+        specs = [(p.shard, rb, rm) for p in partitions if not self.storage.has_shard(p.shard)]
+        return self.storage.create_shards(specs).addCallback(lambda _: partitions)
+
+    # limits
+
+    def partition_count(self):
+        """
+        Partitions of every topic, those being created included.
+        """
+        total = sum(len(t.partitions) for t in self.topics.values())
+        for name, count in self.pending.items():
+            topic = self.topics.get(name)
+            total += count - (len(topic.partitions) if topic is not None else 0)
+        return total
+
+    def check_partition_limits(self, name, count, current=0):
+        """
+        Whether topic C{name} may go from C{current} to C{count} partitions.
+
+        @return: C{(error_code, message or None)}.
+        """
+        per_topic = self.config.max_partitions_per_topic
+        if count > per_topic:
+            return errors.POLICY_VIOLATION, (
+                "topic '{}' would have {} partitions; at most {} are allowed per topic"
+                " (kafka_runtime.max_partitions_per_topic)".format(name, count, per_topic))
+        limit = self.config.max_partitions
+        total = self.partition_count()
+        if total + count - current > limit:
+            return errors.POLICY_VIOLATION, (
+                "{} more partitions would make {} on this broker; at most {} are allowed"
+                " (kafka_runtime.max_partitions)".format(count - current,
+                                                        total + count - current, limit))
+        return errors.NONE, None
 
     # topics
 
@@ -248,6 +314,9 @@ class KafkaBroker:
         topic = self.topics.get(name)
         if topic is not None:
             return errors.NONE, topic
+        if name in self.pending:
+            # As Kafka answers for a topic whose creation is not done.
+            return errors.LEADER_NOT_AVAILABLE, None
         if not self.config.auto_create_topics:
             return errors.UNKNOWN_TOPIC_OR_PARTITION, None
         if topic_name_problem(name):
@@ -255,19 +324,25 @@ class KafkaBroker:
         code, _ = self.create_topic(name, self.config.default_partitions, {})
         return code, self.topics.get(name)
 
-    def create_topic(self, name, partitions, configs, validate_only=False):
+    def _check_new_topic(self, name, partitions, configs):
         """
-        @return: C{(error_code, message or None)}.
+        @return: C{(error_code, message, partitions, clean configs)}.
         """
         problem = topic_name_problem(name)
         if problem:
-            return errors.INVALID_TOPIC_EXCEPTION, problem
-        if name in self.topics:
-            return errors.TOPIC_ALREADY_EXISTS, "topic '{}' already exists".format(name)
+            return errors.INVALID_TOPIC_EXCEPTION, problem, 0, None
+        if name in self.topics or name in self.pending:
+            return (errors.TOPIC_ALREADY_EXISTS, "topic '{}' already exists".format(name),
+                    0, None)
         if partitions == -1:
             partitions = self.config.default_partitions
-        if partitions < 1 or partitions > 100000:
-            return errors.INVALID_PARTITIONS, "partition count must be between 1 and 100000"
+        if partitions < 1:
+            return (errors.INVALID_PARTITIONS,
+                    "number of partitions must be at least 1, not {}".format(partitions),
+                    0, None)
+        code, message = self.check_partition_limits(name, partitions)
+        if code:
+            return code, message, 0, None
         clean = {}
         for key, value in configs.items():
             if key not in TOPIC_CONFIGS:
@@ -278,10 +353,21 @@ class KafkaBroker:
                 try:
                     int(value)
                 except ValueError:
-                    return errors.INVALID_CONFIG, "bad value for {}: {!r}".format(key, value)
+                    return (errors.INVALID_CONFIG,
+                            "bad value for {}: {!r}".format(key, value), 0, None)
             clean[key] = value
-        if validate_only:
-            return errors.NONE, None
+        return errors.NONE, None, partitions, clean
+
+    def create_topic(self, name, partitions, configs, validate_only=False):
+        """
+        Create a topic now, its shards made on the calling thread (topics
+        created automatically).
+
+        @return: C{(error_code, message or None)}.
+        """
+        code, message, partitions, clean = self._check_new_topic(name, partitions, configs)
+        if code or validate_only:
+            return code, message
         topic = Topic(name, uuid.uuid4().bytes, clean)
         try:
             self._add_topic(topic, partitions)
@@ -293,6 +379,36 @@ class KafkaBroker:
         self.log.info("kafka: created topic {topic} with {n} partitions", topic=name,
                       n=partitions)
         return errors.NONE, None
+
+    def create_topic_later(self, name, partitions, configs, validate_only=False):
+        """
+        Create a topic (CreateTopics), its shards made in the storage thread
+        pool; a topic whose shards cannot all be made is not created and
+        leaves nothing behind.
+
+        @return: a Deferred firing with C{(error_code, message or None)}.
+        """
+        code, message, partitions, clean = self._check_new_topic(name, partitions, configs)
+        if code or validate_only:
+            return succeed((code, message))
+        topic = Topic(name, uuid.uuid4().bytes, clean)
+        self.pending[name] = partitions
+
+        def made(result):
+            del self.pending[name]
+            if isinstance(result, Failure):
+                self.log.error("kafka: cannot create topic {topic}: {why}", topic=name,
+                               why=result.getErrorMessage())
+                return errors.KAFKA_STORAGE_ERROR, result.getErrorMessage()
+            topic.partitions.extend(result)
+            self.topics[name] = topic
+            self.topics_by_id[topic.topic_id] = topic
+            self.meta.put(TOPICS_NS, name, topic.to_meta())
+            self.log.info("kafka: created topic {topic} with {n} partitions", topic=name,
+                          n=partitions)
+            return errors.NONE, None
+
+        return self._grow_later(topic, partitions).addBoth(made)
 
     def delete_topic(self, name):
         """
@@ -319,21 +435,45 @@ class KafkaBroker:
 
     def create_partitions(self, name, count, validate_only=False):
         """
-        @return: C{(error_code, message or None)}.
+        Raise the partition count of a topic (CreatePartitions), the new
+        shards made in the storage thread pool (all or none).
+
+        @return: a Deferred firing with C{(error_code, message or None)}.
         """
         topic = self.topics.get(name)
         if topic is None:
-            return errors.UNKNOWN_TOPIC_OR_PARTITION, "no topic '{}'".format(name)
-        if count <= len(topic.partitions):
-            return errors.INVALID_PARTITIONS, "topic '{}' has {} partitions already".format(
-                name, len(topic.partitions))
-        if count > 100000:
-            return errors.INVALID_PARTITIONS, "at most 100000 partitions"
-        if validate_only:
+            return succeed((errors.UNKNOWN_TOPIC_OR_PARTITION, "no topic '{}'".format(name)))
+        if name in self.pending:
+            return succeed((errors.INVALID_PARTITIONS,
+                            "partitions of topic '{}' are being added".format(name)))
+        current = len(topic.partitions)
+        if count <= current:
+            return succeed((errors.INVALID_PARTITIONS,
+                            "topic '{}' has {} partitions already".format(name, current)))
+        code, message = self.check_partition_limits(name, count, current)
+        if code or validate_only:
+            return succeed((code, message))
+        self.pending[name] = count
+
+        def made(result):
+            del self.pending[name]
+            if isinstance(result, Failure):
+                self.log.error("kafka: cannot add partitions to topic {topic}: {why}",
+                               topic=name, why=result.getErrorMessage())
+                return errors.KAFKA_STORAGE_ERROR, result.getErrorMessage()
+            if self.topics.get(name) is not topic:
+                # Deleted meanwhile: so are the new shards.
+                for p in result:
+                    if self.storage.has_shard(p.shard):
+                        self.storage.delete_shard(p.shard).addErrback(
+                            self._delete_failed, p.shard)
+                return errors.UNKNOWN_TOPIC_OR_PARTITION, "topic '{}' was deleted".format(name)
+            topic.partitions.extend(result)
+            self.meta.put(TOPICS_NS, name, topic.to_meta())
+            self.log.info("kafka: topic {topic} has {n} partitions now", topic=name, n=count)
             return errors.NONE, None
-        self._grow(topic, count)
-        self.meta.put(TOPICS_NS, name, topic.to_meta())
-        return errors.NONE, None
+
+        return self._grow_later(topic, count).addBoth(made)
 
     # data
 

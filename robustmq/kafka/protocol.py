@@ -13,7 +13,7 @@ filled, as Kafka answers a connection's requests in order.
 import struct
 from collections import deque
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import gatherResults, maybeDeferred
 
 from robustmq.kafka import codec, errors
 from robustmq.kafka.admin import ADMIN_VERSIONS, AdminHandlers
@@ -659,6 +659,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
     def handle_create_topics(self, version, body, header):
         broker = self.broker
         out = []
+        pending = []
         validate = body["validate_only"]
         for t in body["topics"]:
             name = t["name"]
@@ -677,24 +678,35 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                 r["error_message"] = "replication factor must be 1 (one broker)"
                 continue
             configs = {c["name"]: c["value"] for c in t["configs"]}
-            code, message = broker.create_topic(name, count, configs, validate)
-            r["error_code"] = code
-            r["error_message"] = message
-            topic = broker.topics.get(name)
-            if (code == errors.NONE and topic is not None
-                    and not self.allowed(DESCRIBE, TOPIC, name, quiet=True)):
-                # As Kafka: created, but its configs are not described.
-                r["topic_config_error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
-            elif code == errors.NONE and topic is not None:
-                r["topic_id"] = topic.topic_id
-                r["num_partitions"] = len(topic.partitions)
-                r["replication_factor"] = 1
-                r["configs"] = [
-                    {"name": k, "value": str(v), "read_only": False,
-                     "config_source": _SOURCE_TOPIC, "is_sensitive": False}
-                    for k, v in sorted(topic.configs.items())
-                ]
-        return {"throttle_time_ms": 0, "topics": out}
+            d = broker.create_topic_later(name, count, configs, validate)
+            pending.append(d.addCallback(self._topic_created, r, name, validate))
+        response = {"throttle_time_ms": 0, "topics": out}
+        if all(d.called for d in pending):
+            return response
+        # Shards are being made in the storage thread pool.
+        slot = self.open_slot(header)
+        gatherResults(pending).addCallback(lambda _: self.fill_slot(slot, response))
+        return _LATER
+
+    def _topic_created(self, result, r, name, validate):
+        code, message = result
+        r["error_code"] = code
+        r["error_message"] = message
+        topic = self.broker.topics.get(name)
+        if code != errors.NONE or topic is None or validate:
+            return
+        if not self.allowed(DESCRIBE, TOPIC, name, quiet=True):
+            # As Kafka: created, but its configs are not described.
+            r["topic_config_error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+            return
+        r["topic_id"] = topic.topic_id
+        r["num_partitions"] = len(topic.partitions)
+        r["replication_factor"] = 1
+        r["configs"] = [
+            {"name": k, "value": str(v), "read_only": False,
+             "config_source": _SOURCE_TOPIC, "is_sensitive": False}
+            for k, v in sorted(topic.configs.items())
+        ]
 
     def handle_delete_topics(self, version, body, header):
         broker = self.broker
@@ -730,15 +742,21 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
 
     def handle_create_partitions(self, version, body, header):
         out = []
+        pending = []
         for t in body["topics"]:
+            r = {"name": t["name"], "error_code": errors.NONE, "error_message": None}
+            out.append(r)
             if not self.allowed(ALTER, TOPIC, t["name"]):
-                out.append({"name": t["name"], "error_code": errors.TOPIC_AUTHORIZATION_FAILED,
-                            "error_message": None})
+                r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
                 continue
-            code, message = self.broker.create_partitions(
-                t["name"], t["count"], body["validate_only"])
-            out.append({"name": t["name"], "error_code": code, "error_message": message})
-        return {"throttle_time_ms": 0, "results": out}
+            d = self.broker.create_partitions(t["name"], t["count"], body["validate_only"])
+            pending.append(d.addCallback(_set_result, r))
+        response = {"throttle_time_ms": 0, "results": out}
+        if all(d.called for d in pending):
+            return response
+        slot = self.open_slot(header)
+        gatherResults(pending).addCallback(lambda _: self.fill_slot(slot, response))
+        return _LATER
 
     def handle_describe_configs(self, version, body, header):
         broker = self.broker
@@ -1323,6 +1341,10 @@ class _ProduceState:
     def _complete(self):
         if self.slot is not None:
             self.proto.fill_slot(self.slot, self.response)
+
+
+def _set_result(result, r):
+    r["error_code"], r["error_message"] = result
 
 
 def _storage_error_code(e):

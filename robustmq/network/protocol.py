@@ -376,6 +376,9 @@ class BrokerFactory(Factory):
         refused = self.connections.admit(self.protocol_name, self.listener, host)
         if refused is not None:
             self.metrics.connection_rejected(self.protocol_name, refused)
+            if refused == "file_descriptors":
+                # Logged by the guard, once a minute.
+                return None
             self.log.info(
                 "{protocol} {listener}: refused connection from {host}: {reason}",
                 protocol=self.protocol_name, listener=self.listener, host=host, reason=refused,

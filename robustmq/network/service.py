@@ -34,6 +34,38 @@ def describe_address(address):
     return "{}:{}".format(host, port)
 
 
+class GuardedFactory:
+    """
+    A server factory refusing new connections (closed right after accept)
+    while the process is short of file descriptors, for listeners whose
+    factory does not ask the connection manager (the admin HTTP site).
+
+    @param factory: the factory wrapped; everything but C{buildProtocol}
+        is its own.
+    @param connections: the connection manager, whose C{fd_guard} decides.
+    @param metrics: counts refusals as C{connections_rejected}.
+    """
+
+    def __init__(self, factory, connections, metrics, protocol_name):
+        self.__dict__["_factory"] = factory
+        self.__dict__["_connections"] = connections
+        self.__dict__["_metrics"] = metrics
+        self.__dict__["_protocol_name"] = protocol_name
+
+    def buildProtocol(self, addr):
+        guard = self._connections.fd_guard
+        if guard is not None and not guard.admit():
+            self._metrics.connection_rejected(self._protocol_name, "file_descriptors")
+            return None
+        return self._factory.buildProtocol(addr)
+
+    def __getattr__(self, name):
+        return getattr(self._factory, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._factory, name, value)
+
+
 class ListenerService(Service):
     """
     Listens on one endpoint string. Binding happens in

@@ -218,6 +218,28 @@ class Driver:
     def size_bytes(self, name):
         raise NotImplementedError()
 
+    def create_many(self, specs):
+        """
+        Create shards: all of them, or none when one fails.
+
+        @param specs: C{(name, retention_bytes, retention_ms)} tuples.
+        @return: a Deferred firing with L{None} once they exist.
+        """
+        made = []
+        try:
+            for name, retention_bytes, retention_ms in specs:
+                self.create(name, retention_bytes, retention_ms)
+                made.append(name)
+        except Exception:
+            failure = fail()
+            for name in made:
+                self.delete(name).addErrback(
+                    lambda f, n=name: self.log.failure(
+                        "storage: removing shard {shard!r} failed", f, shard=n)
+                )
+            return failure
+        return succeed(None)
+
     def open(self):
         self.opened = True
         return succeed(None)

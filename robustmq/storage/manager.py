@@ -5,6 +5,7 @@ C{memory}, C{segment} and C{sqlite} drivers.
 """
 
 from twisted.internet.defer import FirstError, fail, gatherResults
+from twisted.python.failure import Failure
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -49,7 +50,7 @@ class StorageDriverManager:
         C{default_driver}, C{mqtt_driver}, C{kafka_driver}, C{amqp_driver},
         C{fsync_policy}, C{fsync_interval_ms}, C{segment_bytes},
         C{segment_ms}, C{index_interval_bytes}, C{retention_bytes},
-        C{retention_ms}.
+        C{retention_ms}, C{max_open_files}.
     @param data_dir: the node's data directory; L{None} for a manager
         that keeps every shard in memory whatever the configured drivers,
         needs no thread and fires C{open} at once (for tests).
@@ -80,6 +81,7 @@ class StorageDriverManager:
                 name: cls(config, data_dir, reactor, self.pool) for name, cls in DRIVERS.items()
             }
         self._shards = {}
+        self._creating = set()
         self._retention_loop = None
         self._shutdown_trigger = None
         self.opened = False
@@ -159,7 +161,7 @@ class StorageDriverManager:
 
     def create_shard(self, name, driver=None, retention_bytes=None, retention_ms=None):
         check_shard_name(name)
-        if name in self._shards:
+        if name in self._shards or name in self._creating:
             raise ShardExists("shard {!r} exists".format(name))
         if driver is None:
             driver = self.driver_for(name)
@@ -170,6 +172,83 @@ class StorageDriverManager:
             raise StorageError("storage is not open")
         self.drivers[driver].create(name, retention_bytes, retention_ms)
         self._shards[name] = self.drivers[driver]
+
+    def create_shards(self, specs):
+        """
+        Create shards off the reactor thread (directories and files are
+        made in the thread pool): all of them, or none when one fails,
+        with nothing left on disk.
+
+        @param specs: C{(name, retention_bytes, retention_ms)} tuples; each
+            shard gets the driver of L{driver_for}.
+        @return: a Deferred firing with L{None} once every shard exists, or
+            failing with L{StorageError} (L{ShardExists}, ...) or
+            L{ValueError}.
+        """
+        try:
+            specs = [(name, rb, rm) for name, rb, rm in specs]
+            names = [spec[0] for spec in specs]
+            for name in names:
+                check_shard_name(name)
+                if name in self._shards or name in self._creating:
+                    raise ShardExists("shard {!r} exists".format(name))
+            if len(set(names)) != len(names):
+                raise ValueError("a shard name is given twice")
+            if not self.opened:
+                raise StorageError("storage is not open")
+        except Exception:
+            return fail()
+        groups = {}
+        for spec in specs:
+            driver = self.driver_for(spec[0])
+            if driver not in self.drivers:
+                driver = "memory"
+            groups.setdefault(driver, []).append(spec)
+        self._creating.update(names)
+        outcomes = []
+
+        def one(driver_name, group):
+            d = self.drivers[driver_name].create_many(group)
+
+            def done(result):
+                outcomes.append((driver_name, group, result))
+                return result
+
+            return d.addBoth(done)
+
+        d = gatherResults(
+            [one(driver_name, group) for driver_name, group in groups.items()],
+            consumeErrors=True,
+        )
+
+        def settled(result):
+            self._creating.difference_update(names)
+            failed = [r for _, _, r in outcomes if isinstance(r, Failure)]
+            if not failed:
+                for driver_name, group, _ in outcomes:
+                    for name, _, _ in group:
+                        self._shards[name] = self.drivers[driver_name]
+                return None
+            # All or nothing: remove what the other drivers made.
+            for driver_name, group, r in outcomes:
+                if isinstance(r, Failure):
+                    continue
+                for name, _, _ in group:
+                    self.drivers[driver_name].delete(name).addErrback(
+                        lambda f, n=name: self.log.failure(
+                            "storage: removing shard {shard!r} failed", f, shard=n)
+                    )
+            return failed[0]
+
+        return d.addBoth(settled)
+
+    def open_files(self):
+        """
+        Segment files open now (at most C{[storage] max_open_files}, plus
+        the files thread pool jobs use).
+        """
+        driver = self.drivers.get("segment")
+        return driver.open_files() if driver is not None else 0
 
     def delete_shard(self, name):
         driver = self._shards.pop(name, None)

@@ -25,7 +25,15 @@ and at a clean close, and are rebuilt from the segment when missing or
 damaged.
 
 Appends are written with C{os.write} on the reactor thread: a page-cache
-copy, so an acknowledged append survives the process being killed. fsync
+copy, so an acknowledged append survives the process being killed.
+
+A segment holds no file descriptor while idle: the driver keeps at most
+C{max_open_files} segment files open, least recently used closed first
+(one OrderedDict: a hit is a lookup and a move to the end), and opens a file
+again when it is next written or read. Recovery opens one file at a time
+and closes it. Files used by a thread pool job (fsync, sealing) stay open
+until the job is done; a job given a closed segment opens it by path for
+the time of the job. fsync
 runs in the driver's thread pool: after every reactor turn that appended
 (C{every_batch}, group commit: the appends' Deferreds fire after it), every
 C{fsync_interval_ms} (C{interval_ms}), or only when a segment is sealed and
@@ -38,6 +46,7 @@ import os
 import shutil
 import struct
 from array import array
+from collections import OrderedDict
 from bisect import bisect_left, bisect_right
 
 from crc32c import crc32c
@@ -65,6 +74,8 @@ _MAX_SEGMENT_BYTES = 2 ** 31 - 1
 _BASE_OFFSET = struct.Struct(">q")
 #: Buffers given to one writev (Linux takes up to 1024).
 _IOV_MAX = 512
+#: Open files a group commit keeps open for its fsyncs (others by path).
+_PINNED_MAX = 16
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
@@ -82,6 +93,27 @@ def fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _datasync(fd_or_path):
+    """
+    fdatasync an open file, or (by its path) one the driver has closed.
+
+    @return: C{False} when the path does not exist any more (the segment
+        was deleted meanwhile: nothing to make durable), else C{True}.
+    """
+    if isinstance(fd_or_path, int):
+        _fdatasync(fd_or_path)
+        return True
+    try:
+        fd = os.open(fd_or_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        _fdatasync(fd)
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_file_atomically(path, data, sync=True):
@@ -106,7 +138,8 @@ class Segment:
     One segment file and its indexes, in memory.
 
     @ivar base: the base offset (the file name).
-    @ivar fd: the open file (read-write) or L{None} once closed.
+    @ivar fd: the open file (read-write), or L{None} while it is closed
+        (idle, or evicted from the driver's open files).
     @ivar size: bytes of complete batches in the file.
     @ivar next_offset: the offset after its last batch.
     @ivar max_ts: the largest batch max timestamp, -1 when none.
@@ -336,13 +369,14 @@ def _scan(fd, segment, pos, size, interval):
 
 def _fsync_job(fds, dirs):
     """
-    fsync files, then directories; returns the errors by index of C{fds}
-    and by directory path.
+    fsync files (open file descriptors, or paths of closed ones), then
+    directories; returns the errors by index of C{fds} and by directory
+    path.
     """
     failed = {}
     for i, fd in enumerate(fds):
         try:
-            _fdatasync(fd)
+            _datasync(fd)
         except OSError as e:
             failed[i] = e
     dir_failed = {}
@@ -357,9 +391,10 @@ def _fsync_job(fds, dirs):
 
 def _seal_job(segment):
     """
-    Make a sealed segment and its index files durable.
+    Make a sealed segment (opened by path) and its index files durable.
     """
-    _fdatasync(segment.fd)
+    if not _datasync(segment.path):
+        return
     offsets, times = segment.encode_index()
     index_path, time_path = segment.index_paths()
     write_file_atomically(index_path, offsets)
@@ -373,6 +408,51 @@ def _unlink_job(paths):
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def _make_shard_dir(root, name, retention_bytes, retention_ms):
+    """
+    Make the directory of a new shard (through a C{.tmp} directory and a
+    rename) with its metadata and an empty first segment.
+
+    @return: the directory.
+    @raise OSError: when it cannot be made (nothing is left behind), or
+        exists already (C{EEXIST}).
+    """
+    directory = os.path.join(root, shard_dir_name(name))
+    tmp = directory + ".tmp"
+    meta = json.dumps(
+        {"name": name, "retention_bytes": retention_bytes, "retention_ms": retention_ms}
+    ).encode("utf-8")
+    if os.path.lexists(directory):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), directory)
+    try:
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp)
+        os.mkdir(tmp)
+        write_file_atomically(os.path.join(tmp, META_FILE), meta, sync=False)
+        os.close(os.open(segment_file(tmp, 0, ".log"), os.O_WRONLY | os.O_CREAT, 0o644))
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _make_shard_dirs(root, specs):
+    """
+    L{_make_shard_dir} for each C{(name, retention_bytes, retention_ms)};
+    when one fails, those made already are removed and the error raised.
+    """
+    made = []
+    try:
+        for name, retention_bytes, retention_ms in specs:
+            made.append(_make_shard_dir(root, name, retention_bytes, retention_ms))
+    except BaseException:
+        for directory in made:
+            shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return made
 
 
 class SegmentDriver(Driver):
@@ -405,6 +485,13 @@ class SegmentDriver(Driver):
         self._jobs = set()
         self._sync_loop = None
         self._deleted = 0
+        self.max_open_files = int(getattr(config, "max_open_files", 1024))
+        if self.max_open_files < 1:
+            raise ValueError("max_open_files must be at least 1")
+        #: Segments whose file is open, least recently used first.
+        self._open_files = OrderedDict()
+        #: Shard names being created in the thread pool.
+        self._creating = set()
 
     # background jobs
 
@@ -438,16 +525,79 @@ class SegmentDriver(Driver):
 
     def _release(self, segment):
         segment.busy -= 1
-        if segment.dead and segment.busy == 0:
-            self._close_fd(segment)
+        if segment.busy == 0:
+            if segment.dead:
+                self._close_fd(segment)
+            elif len(self._open_files) > self.max_open_files:
+                self._evict()
 
     def _close_fd(self, segment):
+        self._open_files.pop(segment, None)
         if segment.fd is not None:
             try:
                 os.close(segment.fd)
             except OSError:
                 pass
             segment.fd = None
+
+    # open files
+
+    def _fd(self, segment):
+        """
+        The open file of C{segment}, opened again when it was closed.
+
+        @raise StorageError: when it cannot be opened.
+        """
+        fd = segment.fd
+        if fd is None:
+            return self._reopen(segment)
+        self._open_files.move_to_end(segment)
+        return fd
+
+    def _reopen(self, segment):
+        if segment.dead:
+            raise StorageError("segment {} was deleted".format(segment.path))
+        try:
+            fd = os.open(segment.path, os.O_RDWR)
+        except OSError as e:
+            raise StorageError.from_os_error(
+                "open a segment of shard {!r}".format(segment.shard.name), e
+            ) from None
+        if not segment.sealed:
+            os.lseek(fd, segment.size, os.SEEK_SET)
+        segment.fd = fd
+        self._open_files[segment] = None
+        if len(self._open_files) > self.max_open_files:
+            self._evict()
+        return fd
+
+    def _evict(self):
+        """
+        Close the least recently used files beyond C{max_open_files}; a
+        file a thread pool job uses is closed once the job is done.
+        """
+        files = self._open_files
+        excess = len(files) - self.max_open_files
+        victims = []
+        for segment in files:
+            if excess <= 0:
+                break
+            if segment.busy == 0:
+                victims.append(segment)
+                excess -= 1
+        for segment in victims:
+            del files[segment]
+            try:
+                os.close(segment.fd)
+            except OSError:
+                pass
+            segment.fd = None
+
+    def open_files(self):
+        """
+        How many segment files are open now.
+        """
+        return len(self._open_files)
 
     # opening
 
@@ -478,13 +628,7 @@ class SegmentDriver(Driver):
                 continue
             if not os.path.isdir(path):
                 continue
-            try:
-                shards.append(self._recover_shard(path, clean, now, notes))
-            except BaseException:
-                for shard in shards:
-                    for segment in shard.segments:
-                        os.close(segment.fd)
-                raise
+            shards.append(self._recover_shard(path, clean, now, notes))
         if clean:
             os.unlink(marker)
             fsync_dir(self.root)
@@ -530,7 +674,6 @@ class SegmentDriver(Driver):
             segment = self._recover_segment(shard, base, tail, clean, now, notes)
             if segment.size == 0 and not tail:
                 notes.append(("shard {!r}: removed the empty segment {}".format(name, base), None))
-                os.close(segment.fd)
                 _unlink_job([segment.path] + list(segment.index_paths()))
                 continue
             if shard.segments and shard.active.next_offset != base:
@@ -543,8 +686,8 @@ class SegmentDriver(Driver):
             shard.add_segment(segment)
         if not shard.segments:
             path = segment_file(directory, log_start, ".log")
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            shard.add_segment(Segment(shard, log_start, path, fd, now))
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644))
+            shard.add_segment(Segment(shard, log_start, path, None, now))
             notes.append((
                 "shard {!r}: no segment found, started one at {}".format(name, log_start), None
             ))
@@ -557,7 +700,7 @@ class SegmentDriver(Driver):
     def _recover_segment(self, shard, base, tail, clean, now, notes):
         """
         Open one segment file, load or rebuild its index, cut a torn or
-        corrupt end.
+        corrupt end; the file is closed again before returning.
         """
         path = segment_file(shard.directory, base, ".log")
         fd = os.open(path, os.O_RDWR)
@@ -619,7 +762,6 @@ class SegmentDriver(Driver):
                 ))
                 os.ftruncate(fd, segment.size)
                 os.fsync(fd)
-            os.lseek(fd, segment.size, os.SEEK_SET)
             if tail:
                 segment.created_ms = now
             else:
@@ -631,9 +773,9 @@ class SegmentDriver(Driver):
                 segment.saved = True
             if problem is None and damage is None and clean:
                 segment.saved = True
-        except BaseException:
+        finally:
             os.close(fd)
-            raise
+            segment.fd = None
         return segment
 
     def _recovered(self, result):
@@ -665,34 +807,64 @@ class SegmentDriver(Driver):
     # shards
 
     def create(self, name, retention_bytes=None, retention_ms=None):
-        if name in self.shards:
-            raise ShardExists("shard {!r} exists".format(name))
+        """
+        Create shard C{name} now, on the calling thread. L{create_many}
+        does the same in the thread pool.
+        """
+        self._check_new([name])
+        try:
+            directory = _make_shard_dir(self.root, name, retention_bytes, retention_ms)
+        except OSError as e:
+            raise StorageError.from_os_error("create shard {!r}".format(name), e) from None
+        self._add_new(name, directory, retention_bytes, retention_ms)
+
+    def create_many(self, specs):
+        """
+        Create shards in the thread pool: all of them, or (on any failure)
+        none, with nothing left on disk.
+
+        @param specs: C{(name, retention_bytes, retention_ms)} tuples.
+        @return: a Deferred firing with L{None} once they exist, or failing
+            with L{StorageError} (L{ShardExists} when one exists or is
+            being created).
+        """
+        specs = list(specs)
+        names = [spec[0] for spec in specs]
+        try:
+            self._check_new(names)
+        except Exception:
+            return fail()
+        self._creating.update(names)
+
+        def made(result):
+            self._creating.difference_update(names)
+            if isinstance(result, Failure):
+                if result.check(OSError):
+                    raise StorageError.from_os_error(
+                        "create shard {!r}".format(names[0]) if len(names) == 1
+                        else "create {} shards".format(len(names)),
+                        result.value,
+                    )
+                return result
+            for (name, rb, rm), directory in zip(specs, result):
+                self._add_new(name, directory, rb, rm)
+            return None
+
+        return self._run(made, _make_shard_dirs, self.root, specs)
+
+    def _check_new(self, names):
         if not self.opened or self.closing:
             raise StorageError("the segment storage driver is not open")
-        directory = os.path.join(self.root, shard_dir_name(name))
-        tmp = directory + ".tmp"
-        meta = json.dumps(
-            {"name": name, "retention_bytes": retention_bytes, "retention_ms": retention_ms}
-        ).encode("utf-8")
-        try:
-            if os.path.exists(directory):
-                raise StorageError(
-                    "cannot create shard {!r}: {} exists".format(name, directory),
-                    errno.EEXIST,
-                )
-            if os.path.exists(tmp):
-                shutil.rmtree(tmp)
-            os.mkdir(tmp)
-            write_file_atomically(os.path.join(tmp, META_FILE), meta, sync=False)
-            os.close(os.open(segment_file(tmp, 0, ".log"), os.O_WRONLY | os.O_CREAT, 0o644))
-            os.rename(tmp, directory)
-            fd = os.open(segment_file(directory, 0, ".log"), os.O_RDWR)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise StorageError.from_os_error("create shard {!r}".format(name), e) from None
+        if len(set(names)) != len(names):
+            raise ValueError("a shard name is given twice")
+        for name in names:
+            if name in self.shards or name in self._creating:
+                raise ShardExists("shard {!r} exists".format(name))
+
+    def _add_new(self, name, directory, retention_bytes, retention_ms):
         shard = SegmentShard(name, directory, 0, retention_bytes, retention_ms)
         shard.add_segment(
-            Segment(shard, 0, segment_file(directory, 0, ".log"), fd, now_ms(self.reactor))
+            Segment(shard, 0, segment_file(directory, 0, ".log"), None, now_ms(self.reactor))
         )
         self.shards[name] = shard
         self._dirty_dirs.add(directory)
@@ -777,6 +949,10 @@ class SegmentDriver(Driver):
         L{StorageError}.
         """
         fd = segment.fd
+        if fd is None:
+            fd = self._reopen(segment)
+        else:
+            self._open_files.move_to_end(segment)
         try:
             if type(data) is list:
                 done = os.writev(fd, data) if len(data) <= _IOV_MAX else 0
@@ -818,17 +994,18 @@ class SegmentDriver(Driver):
             raise StorageError.from_os_error("roll shard {!r}".format(shard.name), e) from None
         segment = Segment(shard, base, path, fd, now)
         shard.add_segment(segment)
+        self._open_files[segment] = None
         self._dirty_dirs.add(shard.directory)
         self._seal(old)
         self._retain(shard, now)
+        if len(self._open_files) > self.max_open_files:
+            self._evict()
         return segment
 
     def _seal(self, segment):
         segment.sealed = True
-        segment.busy += 1
 
         def sealed(result):
-            self._release(segment)
             if isinstance(result, Failure):
                 self.log.failure(
                     "storage: sealing segment {path} failed", result, path=segment.path
@@ -838,6 +1015,7 @@ class SegmentDriver(Driver):
 
         # A sealed segment's index does not change any more: it is encoded
         # in the thread.
+        # By path: the job holds no file the driver counts as open.
         self._run(sealed, _seal_job, segment)
 
     # group commit
@@ -856,17 +1034,27 @@ class SegmentDriver(Driver):
         self._dirty_dirs.clear()
         waiters = self._waiters
         self._waiters = []
+        # A few open files are kept open for the job; the others are
+        # fsynced by path, so the job never holds more than _PINNED_MAX
+        # files beyond max_open_files.
+        files = []
+        pinned = []
         for segment in segments:
-            segment.busy += 1
+            if segment.fd is not None and len(pinned) < _PINNED_MAX:
+                segment.busy += 1
+                pinned.append(segment)
+                files.append(segment.fd)
+            else:
+                files.append(segment.path)
         self._syncing = True
         self._run(
-            lambda result: self._synced(result, segments, waiters),
-            _fsync_job, [s.fd for s in segments], dirs,
+            lambda result: self._synced(result, segments, pinned, waiters),
+            _fsync_job, files, dirs,
         )
 
-    def _synced(self, result, segments, waiters):
+    def _synced(self, result, segments, pinned, waiters):
         self._syncing = False
-        for segment in segments:
+        for segment in pinned:
             self._release(segment)
         if isinstance(result, Failure):
             failed_shards = {s.shard: result.value for s in segments}
@@ -912,9 +1100,14 @@ class SegmentDriver(Driver):
         unpack_base = _BASE_AND_LENGTH.unpack_from
         unpack_delta = _LAST_DELTA.unpack_from
         pread = os.pread
+        files = self._open_files
         while True:
             end = segment.size
             fd = segment.fd
+            if fd is None:
+                fd = self._reopen(segment)
+            else:
+                files.move_to_end(segment)
             while pos < end:
                 want = max(budget, 0) + (slack if skipping else HEADER_SIZE)
                 chunk = pread(fd, min(end - pos, want), pos)
@@ -956,7 +1149,7 @@ class SegmentDriver(Driver):
         """
         end = segment.size
         while pos < end:
-            chunk = os.pread(segment.fd, min(end - pos, 65536), pos)
+            chunk = os.pread(self._fd(segment), min(end - pos, 65536), pos)
             p = 0
             while p + HEADER_SIZE <= len(chunk):
                 t = HEADER.unpack_from(chunk, p)
@@ -975,7 +1168,7 @@ class SegmentDriver(Driver):
             start = max(segment.time_start(timestamp_ms), earliest)
             for pos, t in self._headers(segment, segment.position_of(start)):
                 if t[8] >= timestamp_ms and t[0] + t[6] >= earliest:
-                    batch = os.pread(segment.fd, t[1] + LOG_OVERHEAD, pos)
+                    batch = os.pread(self._fd(segment), t[1] + LOG_OVERHEAD, pos)
                     found = self.first_at_or_after(batch, timestamp_ms, earliest)
                     if found is not None:
                         return found
@@ -1098,7 +1291,7 @@ class SegmentDriver(Driver):
             for segment in shard.segments:
                 try:
                     if not segment.saved:
-                        _fdatasync(segment.fd)
+                        _datasync(segment.path if segment.fd is None else segment.fd)
                         offsets, times = segment.encode_index()
                         index_path, time_path = segment.index_paths()
                         write_file_atomically(index_path, offsets)
@@ -1106,8 +1299,9 @@ class SegmentDriver(Driver):
                 except OSError as e:
                     errors.append(e)
                 finally:
-                    os.close(segment.fd)
-                    segment.fd = None
+                    if segment.fd is not None:
+                        os.close(segment.fd)
+                        segment.fd = None
             try:
                 fsync_dir(shard.directory)
             except OSError as e:
@@ -1120,6 +1314,7 @@ class SegmentDriver(Driver):
     def _closed(self, _):
         self.opened = False
         self.shards.clear()
+        self._open_files.clear()
         for shard, d in self._waiters:
             d.errback(StorageError("storage closed before the append was synced"))
         self._waiters = []

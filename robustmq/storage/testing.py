@@ -21,6 +21,7 @@ DEFAULTS = {
     "retention_bytes": -1,
     "retention_ms": 604800000,
     "retention_check_interval_ms": 60000,
+    "max_open_files": 1024,
 }
 
 
