@@ -10,21 +10,46 @@ L{MemoryReactorClock}; the integration tests start the real broker on
 clients still work.
 """
 
+import os
+import queue
+import select
+import socket
+import ssl
 import struct
+import time
 
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from robustmq.amqp import codec as amqp_codec
 from robustmq.kafka import codec as kafka_codec
+from robustmq.config import parse_config
+from robustmq.kafka.service import KafkaService
 from robustmq.kafka.testing import FakeClient, kafka_params
 from robustmq.mqtt.codec import Connack, Connect, Publish
 from robustmq.mqtt.packets import Will
 from robustmq.network.websocket import WebSocketWrappingFactory
+from robustmq.server import BrokerServer
 from tests import test_amqp_protocol as amqp_tests
 from tests import test_network as network_tests
+from tests.amqp_helpers import pika_connect
+from tests.certs import make_test_pki
 from tests.mqtt_helpers import Harness as MqttHarness
+from tests.test_transports import client_frame, parse_server_frames, upgrade_request
+
+try:
+    import paho.mqtt.client as paho
+except ImportError:  # pragma: no cover
+    paho = None
+try:
+    import confluent_kafka
+except ImportError:  # pragma: no cover
+    confluent_kafka = None
 
 API_VERSIONS = 18
 METADATA = 3
@@ -304,8 +329,6 @@ class KafkaTests(SynchronousTestCase):
     def client(self, **kwargs):
         clock = MemoryReactorClock()
         params = kafka_params(clock, **kwargs)
-        from robustmq.kafka.service import KafkaService
-
         service = KafkaService(params)
         factory = service.listeners[0].factory
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -451,8 +474,6 @@ class WebSocketTests(SynchronousTestCase):
         return h, protocol, transport
 
     def open(self, **network):
-        from tests.test_transports import upgrade_request
-
         h, protocol, transport = self.build(**network)
         protocol.dataReceived(upgrade_request("/mqtt", protocols=("mqtt",)))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "), transport.value())
@@ -462,16 +483,15 @@ class WebSocketTests(SynchronousTestCase):
     def test_slow_upgrade(self):
         """
         An upgrade request trickled past the deadline is dropped and
-        counted; no timer is left behind.
+        counted, though it never reached the MQTT protocol.
         """
-        from tests.test_transports import upgrade_request
-
         h, protocol, transport = self.build(handshake_timeout_s=3)
         request = upgrade_request("/mqtt", protocols=("mqtt",))
         for i in range(3):
             protocol.dataReceived(request[i:i + 1])
             h.reactor.advance(1)
         self.assertTrue(transport.disconnected)
+        self.assertIsNone(protocol._proto.transport)
         self.assertEqual(handshake_closes(h.params.metrics, "mqtt", "timeout"), 1)
 
     def test_deadline_after_upgrade(self):
@@ -481,8 +501,6 @@ class WebSocketTests(SynchronousTestCase):
         """
         h, protocol, transport = self.build(handshake_timeout_s=3)
         h.reactor.advance(2)
-        from tests.test_transports import upgrade_request
-
         protocol.dataReceived(upgrade_request("/mqtt", protocols=("mqtt",)))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 101 "))
         h.reactor.advance(0.9)
@@ -496,8 +514,6 @@ class WebSocketTests(SynchronousTestCase):
         A WebSocket frame announcing 1 MB before CONNECT closes the
         connection (1009) at its header.
         """
-        from tests.test_transports import client_frame
-
         h, protocol, transport = self.open()
         inner = protocol._proto
         frame = client_frame(b"\x10" * (1024 * 1024))
@@ -511,8 +527,6 @@ class WebSocketTests(SynchronousTestCase):
         """
         After CONNECT is accepted, messages up to C{max_frame_bytes} pass.
         """
-        from tests.test_transports import client_frame
-
         h, protocol, transport = self.open()
         inner = protocol._proto
         protocol.dataReceived(client_frame(Connect("c", protocol_level=4).encode(4)))
@@ -522,3 +536,511 @@ class WebSocketTests(SynchronousTestCase):
         self.assertFalse(protocol.failedByMe)
         self.assertEqual(inner.info.messages_in, 2)
         self.assertEqual(protocol.maxMessagePayloadSize, 16777216)
+
+
+# -- against the real broker ----------------------------------------------------
+
+LOCAL = "tcp:0:interface=127.0.0.1"
+WAIT = 10
+MB = 1024 * 1024
+LISTENERS = ("tcp", "ssl", "ws", "wss")
+
+
+def hostile_config(data_dir, pki, handshake_timeout_s=10.0):
+    """
+    MQTT on TCP, TLS, WebSocket and secure WebSocket, Kafka and AMQP on
+    TCP, all on 127.0.0.1 port 0 with the default limits but the handshake
+    deadline.
+    """
+    tls = "privateKey={}:certKey={}".format(pki.server_key, pki.server_cert)
+
+    def network(listeners):
+        return {"listeners": listeners, "handshake_timeout_s": handshake_timeout_s}
+
+    return parse_config({
+        "node": {"data_dir": data_dir, "shutdown_grace_s": 5},
+        "mqtt_runtime": {"network": network([
+            LOCAL,
+            "ssl:0:interface=127.0.0.1:" + tls,
+            "ws:0:interface=127.0.0.1",
+            "wss:0:interface=127.0.0.1:" + tls,
+        ])},
+        "kafka_runtime": {"network": network([LOCAL])},
+        "amqp_runtime": {"network": network([LOCAL])},
+        "admin": {"listeners": []},
+        "storage": {"default_driver": "memory"},
+    })
+
+
+def _rss_bytes():
+    """
+    The resident memory of this process (the broker runs in it).
+    """
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def flood(port, first, total=100 * MB):
+    """
+    Connect, send C{first} (a header announcing a huge frame), then up to
+    C{total} bytes of it, until the broker closes the connection.
+
+    @return: C{(bytes sent, whether the broker closed, seconds taken)}.
+    """
+    started = time.monotonic()
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    try:
+        s.sendall(first)
+        sent = len(first)
+        chunk = b"\x00" * 65536
+        while sent < total:
+            s.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        return sent, True, time.monotonic() - started
+    finally:
+        s.close()
+    return sent, False, time.monotonic() - started
+
+
+def read_until_closed(sock, timeout=WAIT):
+    """
+    Everything the broker sends until it closes or C{timeout} passes:
+    C{(data, whether it closed)}.
+    """
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            got = sock.recv(65536)
+        except socket.timeout:
+            return data, False
+        except OSError:
+            return data, True
+        if not got:
+            return data, True
+        data += got
+
+
+def trickle(port, data, every=0.25, limit_s=WAIT):
+    """
+    Connect and send C{data} one byte every C{every} seconds until the
+    broker closes the connection (at most C{limit_s} seconds).
+
+    @return: C{(seconds until closed or None, bytes sent)}.
+    """
+    started = time.monotonic()
+    s = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    try:
+        sent = 0
+        while time.monotonic() - started < limit_s:
+            if sent < len(data):
+                try:
+                    s.send(data[sent:sent + 1])
+                except OSError:
+                    return time.monotonic() - started, sent
+                sent += 1
+            # Waiting for the next byte's turn is waiting for the close.
+            readable, _, _ = select.select([s], [], [], every)
+            if readable:
+                try:
+                    got = s.recv(65536)
+                except OSError:
+                    got = b""
+                if not got:
+                    return time.monotonic() - started, sent
+        return None, sent
+    finally:
+        s.close()
+
+
+def tls_client_hello():
+    """
+    The first bytes a TLS client sends (its ClientHello).
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def kafka_api_versions():
+    return kafka_codec.encode_request(API_VERSIONS, 3, 1, "slow", {
+        "client_software_name": "slow", "client_software_version": "1"})
+
+
+class _RealBroker:
+    """
+    Start and stop the real broker of L{hostile_config}.
+    """
+
+    timeout = 90
+    handshake_timeout_s = 10.0
+
+    def start(self):
+        self.pki = make_test_pki(self.mktemp())
+        self.broker = BrokerServer(
+            hostile_config(self.mktemp(), self.pki, self.handshake_timeout_s),
+            reactor=reactor)
+        self.broker.privilegedStartService()
+        self.broker.startService()
+        self.addCleanup(self._stop)
+        return self.broker.ready
+
+    def _stop(self):
+        d = self.broker.stopService() if self.broker.running else None
+
+        def settle(_):
+            # The WebSocket layer leaves short batched timers behind closed
+            # connections: wait for the last one to fire.
+            due = [call.getTime() for call in reactor.getDelayedCalls()
+                   if getattr(call.func, "__name__", "") == "_notify_bucket"]
+            if due:
+                return deferLater(reactor, max(0, max(due) - reactor.seconds()) + 0.01,
+                                  lambda: None)
+
+        if d is None:
+            return settle(None)
+        return d.addCallback(settle)
+
+    def port(self, protocol, listener="tcp"):
+        return self.broker.node.bound_port(protocol, LISTENERS.index(listener))
+
+    def closes(self, protocol, reason):
+        return handshake_closes(self.broker.metrics, protocol, reason)
+
+    def in_thread(self, f, *args, **kwargs):
+        return deferToThread(f, *args, **kwargs)
+
+    def wait_for(self, predicate, timeout=WAIT):
+        """
+        A Deferred firing once C{predicate()} is true (polled on the
+        reactor), failing after C{timeout} seconds.
+        """
+        d = Deferred()
+        deadline = reactor.seconds() + timeout
+
+        def check():
+            if predicate():
+                d.callback(None)
+            elif reactor.seconds() > deadline:
+                d.errback(AssertionError("condition not met in %s s" % timeout))
+            else:
+                reactor.callLater(0.02, check)
+
+        check()
+        return d
+
+
+class HugeFrameBrokerTests(_RealBroker, TestCase):
+    """
+    A client announcing a 100 MB frame before authenticating is closed as
+    soon as the length is read, on every protocol, and the broker's memory
+    does not grow; real clients still connect and send large messages.
+    """
+
+    def setUp(self):
+        return self.start()
+
+    @inlineCallbacks
+    def assertFloodRefused(self, protocol, port, first, reason="frame_too_large"):
+        before = _rss_bytes()
+        sent, closed, seconds = yield self.in_thread(flood, port, first)
+        grown = _rss_bytes() - before
+        self.assertTrue(closed, "%s: not closed after %d bytes" % (protocol, sent))
+        # Loopback socket buffers take a few MB before the reset is seen.
+        self.assertLess(sent, 32 * MB, protocol)
+        self.assertLess(seconds, 5, protocol)
+        self.assertLess(grown, 24 * MB, protocol)
+        yield self.wait_for(lambda: self.broker.connections.count(protocol) == 0)
+        self.assertEqual(self.closes(protocol, reason), 1)
+
+    def test_mqtt(self):
+        """
+        MQTT: a CONNECT announcing 100 MB.
+        """
+        header = b"\x10" + _varint(100 * MB - 1) + b"\x00\x04MQTT\x04\x02\x00\x3c"
+        return self.assertFloodRefused("mqtt", self.port("mqtt"), header)
+
+    def test_kafka(self):
+        """
+        Kafka: a first request announcing 100 MB (within the configured
+        maximum of 100 MiB, so only the limit before authentication stops
+        it).
+        """
+        header = struct.pack(">i", 100 * MB - 4) + b"\x00\x12\x00\x03"
+        return self.assertFloodRefused("kafka", self.port("kafka"), header)
+
+    @inlineCallbacks
+    def test_amqp(self):
+        """
+        AMQP: a frame of 100 KB (under frame_max, over the limit before
+        connection.open) is answered with connection.close 501 at its
+        header; one of 100 MB is refused at once too.
+        """
+        def attempt():
+            s = socket.create_connection(("127.0.0.1", self.port("amqp")), timeout=WAIT)
+            try:
+                s.sendall(amqp_codec.PROTOCOL_HEADER)
+                s.sendall(b"\x01\x00\x00" + struct.pack(">I", 100000))
+                return read_until_closed(s)
+            finally:
+                s.close()
+
+        data, closed = yield self.in_thread(attempt)
+        self.assertTrue(closed)
+        got = amqp_tests.methods(data)
+        self.assertIsInstance(got[0], amqp_codec.ConnectionStart)
+        self.assertIsInstance(got[-1], amqp_codec.ConnectionClose)
+        self.assertEqual(got[-1].reply_code, 501)
+        yield self.wait_for(lambda: self.broker.connections.count("amqp") == 0)
+        self.assertEqual(self.closes("amqp", "frame_too_large"), 1)
+        before = _rss_bytes()
+        sent, closed, seconds = yield self.in_thread(
+            flood, self.port("amqp"),
+            amqp_codec.PROTOCOL_HEADER + b"\x01\x00\x00" + struct.pack(">I", 100 * MB))
+        self.assertTrue(closed)
+        self.assertLess(sent, 32 * MB)
+        self.assertLess(_rss_bytes() - before, 24 * MB)
+
+    @inlineCallbacks
+    def test_mqtt_v5_connack(self):
+        """
+        An MQTT 5 client whose CONNECT is too large (200 KB, under the
+        maximum packet size of a connected client) gets CONNACK 0x95.
+        """
+        def attempt():
+            s = socket.create_connection(("127.0.0.1", self.port("mqtt")), timeout=WAIT)
+            try:
+                s.sendall(b"\x10" + _varint(200000) + b"\x00\x04MQTT\x05\x02\x00\x3c")
+                return read_until_closed(s)
+            finally:
+                s.close()
+
+        data, closed = yield self.in_thread(attempt)
+        self.assertTrue(closed)
+        self.assertEqual(data[:4], b"\x20\x03\x00\x95")
+
+    @inlineCallbacks
+    def test_websocket_message(self):
+        """
+        MQTT over WebSocket: a message announcing 1 MB before CONNECT (under
+        the 16 MiB WebSocket limit of an authenticated client) is refused at
+        its header with close code 1009.
+        """
+        def attempt():
+            s = socket.create_connection(("127.0.0.1", self.port("mqtt", "ws")), timeout=WAIT)
+            try:
+                s.sendall(upgrade_request("/mqtt", protocols=("mqtt",)))
+                response = b""
+                while b"\r\n\r\n" not in response:
+                    response += s.recv(4096)
+                head, rest = response.split(b"\r\n\r\n", 1)
+                connect = b"\x10" + _varint(MB - 5) + b"\x00\x04MQTT\x04\x02\x00\x3c"
+                frame = client_frame(connect + b"\x00" * (MB - len(connect)))
+                s.sendall(frame[:64])
+                data, closed = read_until_closed(s)
+                return head, rest + data, closed
+            finally:
+                s.close()
+
+        head, data, closed = yield self.in_thread(attempt)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        frames, _ = parse_server_frames(data)
+        self.assertEqual(frames[0][0], 8, frames)
+        self.assertEqual(struct.unpack("!H", frames[0][1][:2])[0], 1009)
+        self.assertTrue(closed)
+        self.assertEqual(self.closes("mqtt", "frame_too_large"), 1)
+
+    @inlineCallbacks
+    def test_paho_large_publish(self):
+        """
+        paho-mqtt (TCP and WebSocket, 3.1.1 and 5.0) connects and publishes
+        a message of 500 KB, over the limit before authentication.
+        """
+        if paho is None:
+            raise SkipTest("paho-mqtt is not installed")
+
+        def run(transport, protocol):
+            got = queue.Queue()
+            client = paho.Client(
+                paho.CallbackAPIVersion.VERSION2, client_id="big-" + transport,
+                protocol=protocol,
+                transport="websockets" if transport == "ws" else "tcp")
+            if transport == "ws":
+                client.ws_set_options(path="/mqtt")
+            client.on_connect = lambda c, u, f, rc, p: got.put(("connack", rc))
+            client.on_subscribe = lambda c, u, mid, codes, p: got.put(("suback", codes))
+            client.on_message = lambda c, u, m: got.put(("message", m.payload))
+            client.connect("127.0.0.1", self.port("mqtt", transport), keepalive=30)
+            client.loop_start()
+            try:
+                kind, rc = got.get(timeout=WAIT)
+                assert kind == "connack" and not rc.is_failure, (kind, rc)
+                client.subscribe("big", 1)
+                assert got.get(timeout=WAIT)[0] == "suback"
+                payload = b"m" * 500000
+                client.publish("big", payload, 1).wait_for_publish(WAIT)
+                kind, body = got.get(timeout=WAIT)
+                return kind, body == payload
+            finally:
+                client.disconnect()
+                client.loop_stop()
+
+        for transport in ("tcp", "ws"):
+            for protocol in (paho.MQTTv311, paho.MQTTv5):
+                result = yield self.in_thread(run, transport, protocol)
+                self.assertEqual(result, ("message", True), (transport, protocol))
+        self.assertEqual(self.closes("mqtt", "frame_too_large"), 0)
+        self.assertEqual(self.closes("mqtt", "timeout"), 0)
+
+    @inlineCallbacks
+    def test_confluent_kafka_large_message(self):
+        """
+        confluent-kafka produces and consumes a message of 500 KB.
+        """
+        if confluent_kafka is None:
+            raise SkipTest("confluent-kafka is not installed")
+        bootstrap = "127.0.0.1:%d" % self.port("kafka")
+
+        def run():
+            value = b"k" * 500000
+            producer = confluent_kafka.Producer({
+                "bootstrap.servers": bootstrap, "acks": "all", "message.max.bytes": 1000000})
+            producer.produce("big", value)
+            assert producer.flush(WAIT) == 0
+            consumer = confluent_kafka.Consumer({
+                "bootstrap.servers": bootstrap, "group.id": "g",
+                "auto.offset.reset": "earliest"})
+            try:
+                consumer.subscribe(["big"])
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    message = consumer.poll(1.0)
+                    if message is not None and not message.error():
+                        return message.value() == value
+                return False
+            finally:
+                consumer.close()
+
+        self.assertTrue((yield self.in_thread(run)))
+        self.assertEqual(self.closes("kafka", "frame_too_large"), 0)
+        self.assertEqual(self.closes("kafka", "timeout"), 0)
+
+    @inlineCallbacks
+    def test_pika_large_message(self):
+        """
+        pika connects and publishes a message of 500 KB (frames of the
+        negotiated frame_max, over the limit before connection.open).
+        """
+        def run():
+            connection = pika_connect(self.port("amqp"))
+            try:
+                channel = connection.channel()
+                channel.queue_declare("big")
+                body = b"a" * 500000
+                channel.basic_publish("", "big", body)
+                method, _, got = channel.basic_get("big", auto_ack=True)
+                for _ in range(50):
+                    if method is not None:
+                        break
+                    connection.process_data_events(0.1)
+                    method, _, got = channel.basic_get("big", auto_ack=True)
+                return got == body, connection._impl.params.frame_max
+            finally:
+                connection.close()
+
+        same, frame_max = yield self.in_thread(run)
+        self.assertTrue(same)
+        self.assertGreater(frame_max, 65536)
+        self.assertEqual(self.closes("amqp", "frame_too_large"), 0)
+
+
+class SlowClientBrokerTests(_RealBroker, TestCase):
+    """
+    A client trickling one byte every quarter second never completes its
+    handshake: the broker closes it at the deadline (1.5 s in this config),
+    on every protocol and transport, however many bytes it sent.
+    """
+
+    handshake_timeout_s = 1.5
+
+    def setUp(self):
+        return self.start()
+
+    @inlineCallbacks
+    def assertClosedAtDeadline(self, protocol, port, data, reason="timeout"):
+        seconds, sent = yield self.in_thread(trickle, port, data)
+        self.assertIsNotNone(seconds, "%s: not closed after %d bytes" % (protocol, sent))
+        self.assertGreaterEqual(seconds, 1.4, protocol)
+        self.assertLess(seconds, 4, protocol)
+        self.assertGreater(sent, 3, protocol)
+        yield self.wait_for(lambda: self.closes(protocol, reason) >= 1)
+
+    def test_mqtt_tcp(self):
+        return self.assertClosedAtDeadline(
+            "mqtt", self.port("mqtt"), Connect("slow", protocol_level=4).encode(4))
+
+    def test_mqtt_tls(self):
+        """
+        The TLS handshake itself is trickled.
+        """
+        return self.assertClosedAtDeadline(
+            "mqtt", self.port("mqtt", "ssl"), tls_client_hello())
+
+    def test_mqtt_websocket(self):
+        """
+        The WebSocket upgrade request is trickled.
+        """
+        return self.assertClosedAtDeadline(
+            "mqtt", self.port("mqtt", "ws"), upgrade_request("/mqtt", protocols=("mqtt",)))
+
+    def test_mqtt_secure_websocket(self):
+        return self.assertClosedAtDeadline(
+            "mqtt", self.port("mqtt", "wss"), tls_client_hello())
+
+    def test_kafka(self):
+        return self.assertClosedAtDeadline("kafka", self.port("kafka"), kafka_api_versions())
+
+    def test_amqp(self):
+        return self.assertClosedAtDeadline(
+            "amqp", self.port("amqp"), amqp_tests.handshake_bytes())
+
+    @inlineCallbacks
+    def test_paho_within_deadline(self):
+        """
+        A real client is not disturbed: paho stays connected past the
+        deadline.
+        """
+        if paho is None:
+            raise SkipTest("paho-mqtt is not installed")
+
+        def run():
+            got = queue.Queue()
+            client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="ok")
+            client.on_connect = lambda c, u, f, rc, p: got.put(("connack", rc))
+            client.on_disconnect = lambda c, u, f, rc, p: got.put(("disconnect", rc))
+            client.connect("127.0.0.1", self.port("mqtt"), keepalive=30)
+            client.loop_start()
+            try:
+                first = got.get(timeout=WAIT)
+                try:
+                    # Past the deadline: no disconnect may come.
+                    return first, got.get(timeout=2.5)
+                except queue.Empty:
+                    return first, None
+            finally:
+                client.disconnect()
+                client.loop_stop()
+
+        (kind, rc), later = yield self.in_thread(run)
+        self.assertEqual(kind, "connack")
+        self.assertFalse(rc.is_failure)
+        self.assertIsNone(later)
+        self.assertEqual(self.closes("mqtt", "timeout"), 0)
