@@ -190,6 +190,33 @@ class DeadlineTests(SynchronousTestCase):
         h.reactor.advance(0.2)
         self.assertTrue(transport.disconnected)
 
+    def test_deadlines_of_many_connections(self):
+        """
+        Each connection is closed at its own deadline, also one accepted
+        before another but connected after it (a WebSocket upgrade); once
+        no connection is left, no timer is.
+        """
+        h = self.harness(idle_timeout_s=0)
+        early = h.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001))
+        h.reactor.advance(1)
+        first, first_t = h.connect()
+        h.reactor.advance(1)
+        early_t = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40001))
+        early.makeConnection(early_t)
+        h.reactor.advance(1)
+        last, last_t = h.connect()
+        closed = {}
+        for _ in range(60):
+            h.reactor.advance(0.25)
+            for name, t in (("early", early_t), ("first", first_t), ("last", last_t)):
+                if t.disconnected:
+                    closed.setdefault(name, h.reactor.seconds())
+        self.assertEqual(closed, {"early": 10.0, "first": 11.0, "last": 13.0})
+        self.assertEqual(handshake_closes(h.metrics, "length", "timeout"), 3)
+        for proto in (early, first, last):
+            proto.connectionLost(None)
+        self.assertEqual(h.reactor.getDelayedCalls(), [])
+
     def test_complete_handshake_not_closed(self):
         """
         A connection that completed its handshake stays open past the

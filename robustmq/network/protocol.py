@@ -15,6 +15,7 @@ limit is taken the first time a frame over the small one arrives with the
 handshake complete, and the deadline is one timer per connection.
 """
 
+import heapq
 from collections import deque
 
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
@@ -65,7 +66,6 @@ class FramedProtocol(Protocol):
     closing = False
     output_paused = False
     arrived_at = None
-    _handshake_timer = None
 
     def connectionMade(self):
         f = self.factory
@@ -89,7 +89,8 @@ class FramedProtocol(Protocol):
         )
         self.transport.registerProducer(self, True)
         self.set_idle_timeout(network.idle_timeout_s)
-        self._start_handshake_deadline(network.handshake_timeout_s)
+        arrived = self.arrived_at if self.arrived_at is not None else self.reactor.seconds()
+        f.watch_handshake(self.info.id, arrived + network.handshake_timeout_s)
 
     # framing
 
@@ -219,21 +220,18 @@ class FramedProtocol(Protocol):
 
     def in_handshake(self):
         """
-        Whether the connection still has the limits of the handshake (the
-        small frame limit); cheap, unlike L{handshake_complete}.
+        Whether the connection is still held to the frame limit before
+        authentication.
         """
         return self.max_frame_bytes < self.max_frame_bytes_after_auth and (
             not self.handshake_complete())
 
-    def _start_handshake_deadline(self, seconds):
-        now = self.reactor.seconds()
-        arrived = self.arrived_at if self.arrived_at is not None else now
-        self._handshake_timer = self.reactor.callLater(
-            max(0.0, arrived + seconds - now), self._handshake_deadline)
-
-    def _handshake_deadline(self):
-        self._handshake_timer = None
-        if self.info is None or self.handshake_complete():
+    def handshake_deadline(self):
+        """
+        The deadline of the handshake has come (called by the factory):
+        close the connection unless the handshake is complete.
+        """
+        if self.handshake_complete():
             return
         self.factory.closed_in_handshake(
             self.peer, "timeout",
@@ -426,13 +424,10 @@ class FramedProtocol(Protocol):
         if timer is not None and timer.active():
             timer.cancel()
         self._idle_timer = None
-        timer = self._handshake_timer
-        if timer is not None and timer.active():
-            timer.cancel()
-        self._handshake_timer = None
         self._buf = None
         info = self.info
         if info is not None:
+            self.factory.unwatch_handshake(info.id)
             try:
                 self.connection_closed(reason)
             finally:
@@ -456,6 +451,10 @@ class BrokerFactory(Factory):
         also bounds WebSocket messages until then.
     @ivar handshake_timeout_s: the handshake deadline, which also covers the
         TLS handshake and the WebSocket upgrade.
+
+    The deadlines of the connections are kept in one heap per factory with
+    one timer, rather than a timer per connection: a connection costs a heap
+    entry until its deadline, and nothing once it is gone.
     """
 
     log = Logger()
@@ -476,12 +475,66 @@ class BrokerFactory(Factory):
         self.max_frame_bytes_before_auth = min(
             self.max_frame_bytes, self.network.max_frame_bytes_before_auth)
         self.handshake_timeout_s = self.network.handshake_timeout_s
+        self._deadlines = []
+        self._watching = set()
+        self._sweep_call = None
         self._handshake_closes = self.metrics.counter(
             "handshake_closes",
             "Connections closed before their handshake completed, by reason"
             " (timeout, frame_too_large)",
             ("protocol", "reason"),
         )
+
+    def watch_handshake(self, conn_id, deadline):
+        """
+        Call C{handshake_deadline()} of connection C{conn_id} at
+        C{deadline} (reactor time) unless it is gone by then.
+        """
+        heapq.heappush(self._deadlines, (deadline, conn_id))
+        self._watching.add(conn_id)
+        call = self._sweep_call
+        delay = max(0.0, deadline - self.reactor.seconds())
+        if call is None:
+            self._sweep_call = self.reactor.callLater(delay, self._sweep)
+        elif deadline < call.getTime():
+            call.reset(delay)
+
+    def unwatch_handshake(self, conn_id):
+        """
+        Connection C{conn_id} is gone. When no watched connection is left,
+        the heap is emptied and the timer cancelled.
+        """
+        watching = self._watching
+        if conn_id not in watching:
+            return
+        watching.discard(conn_id)
+        if not watching:
+            self._stop_sweep()
+
+    def _stop_sweep(self):
+        self._deadlines = []
+        call = self._sweep_call
+        self._sweep_call = None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _sweep(self):
+        self._sweep_call = None
+        now = self.reactor.seconds()
+        heap = self._deadlines
+        watching = self._watching
+        while heap and heap[0][0] <= now:
+            conn_id = heapq.heappop(heap)[1]
+            if conn_id in watching:
+                watching.discard(conn_id)
+                info = self.connections.get(conn_id)
+                if info is not None and info.conn is not None:
+                    info.conn.handshake_deadline()
+        if not watching:
+            self._stop_sweep()
+        elif heap:
+            self._sweep_call = self.reactor.callLater(
+                max(0.0, heap[0][0] - self.reactor.seconds()), self._sweep)
 
     def closed_in_handshake(self, peer, reason, why=None):
         """
