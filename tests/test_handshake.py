@@ -28,7 +28,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from robustmq.amqp import codec as amqp_codec
 from robustmq.kafka import codec as kafka_codec
-from robustmq.config import parse_config
+from robustmq.config import ConfigError, parse_config
 from robustmq.kafka.service import KafkaService
 from robustmq.kafka.testing import FakeClient, kafka_params
 from robustmq.mqtt.codec import Connack, Connect, Publish
@@ -140,6 +140,33 @@ class FramingTests(SynchronousTestCase):
         proto, transport = h.connect()
         self.assertEqual(proto.max_frame_bytes, 50)
         self.assertEqual(h.factory.max_frame_bytes_before_auth, 50)
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The two keys of every protocol's network section.
+    """
+
+    def test_defaults(self):
+        config = parse_config({})
+        for name, runtime in config.runtimes().items():
+            self.assertEqual(runtime.network.max_frame_bytes_before_auth, 65536, name)
+            self.assertEqual(runtime.network.handshake_timeout_s, 10.0, name)
+
+    def test_bad_values(self):
+        """
+        A limit under the AMQP frame-min-size and a deadline of 0 are
+        refused, each named by its key path.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            parse_config({
+                "kafka_runtime": {"network": {"max_frame_bytes_before_auth": 100}},
+                "amqp_runtime": {"network": {"handshake_timeout_s": 0}},
+            })
+        problems = "\n".join(caught.exception.problems)
+        self.assertIn("config error: kafka_runtime.network.max_frame_bytes_before_auth:",
+                      problems)
+        self.assertIn("config error: amqp_runtime.network.handshake_timeout_s:", problems)
 
 
 class DeadlineTests(SynchronousTestCase):
