@@ -12,7 +12,8 @@ frames are limited to C{network.max_frame_bytes_before_auth}, and a
 connection still in its handshake C{network.handshake_timeout_s} after the
 TCP accept is closed. The handshake is never checked per frame: the larger
 limit is taken the first time a frame over the small one arrives with the
-handshake complete, and the deadline is one timer per connection.
+handshake complete, and the deadlines are one heap and one timer per
+listener.
 """
 
 import heapq
@@ -529,12 +530,17 @@ class BrokerFactory(Factory):
                 watching.discard(conn_id)
                 info = self.connections.get(conn_id)
                 if info is not None and info.conn is not None:
-                    info.conn.handshake_deadline()
+                    try:
+                        info.conn.handshake_deadline()
+                    except Exception:
+                        self.log.failure(
+                            "{protocol}: error at the handshake deadline of {peer}",
+                            protocol=self.protocol_name, peer=info.peer)
         if not watching:
             self._stop_sweep()
-        elif heap:
+        elif self._deadlines:
             self._sweep_call = self.reactor.callLater(
-                max(0.0, heap[0][0] - self.reactor.seconds()), self._sweep)
+                max(0.0, self._deadlines[0][0] - self.reactor.seconds()), self._sweep)
 
     def closed_in_handshake(self, peer, reason, why=None):
         """

@@ -422,6 +422,8 @@ class WebSocketWrappingProtocol(WrappingWebSocketServerProtocol):
 
     def connectionLost(self, reason=connectionDone):
         self._cancel_handshake_timer()
+        # The bound method of the handshake refers to this protocol.
+        self.__dict__.pop("onMessageFrameBegin", None)
         self._stream_reason = reason
         WrappingWebSocketServerProtocol.connectionLost(self, reason)
         self._wrapped_connection_lost()
