@@ -333,6 +333,20 @@ class MqttTests(SynchronousTestCase):
         self.assertFalse(client.lost())
         self.assertEqual(client.received()[0].packet_id, 1)
 
+    def test_large_publish_right_after_connect(self):
+        """
+        A PUBLISH over the limit before authentication that arrives in the
+        same read as the CONNECT, after it, is accepted: the CONNECT was
+        accepted first.
+        """
+        h = MqttHarness()
+        client = h.client()
+        client.send(Connect("c", protocol_level=4),
+                    Publish("t", b"p" * 300000, qos=1, packet_id=1))
+        self.assertFalse(client.lost())
+        self.assertEqual([type(p).__name__ for p in client.received()],
+                         ["Connack", "Puback"])
+
     def test_trickled_connect_closed_at_deadline(self):
         """
         A CONNECT trickled a byte per second is closed at the deadline,
