@@ -347,6 +347,36 @@ class MqttTests(SynchronousTestCase):
         self.assertEqual([type(p).__name__ for p in client.received()],
                          ["Connack", "Puback"])
 
+    def test_deadline_during_password_check(self):
+        """
+        The deadline includes the password check: a check that has not
+        answered in time leaves the client dropped, and its late answer
+        sends nothing.
+        """
+        auth = _PendingAuthenticator()
+        h = MqttHarness(network={"handshake_timeout_s": 5}, authenticator=auth)
+        client = h.client()
+        client.send(Connect("c", protocol_level=4, username="u", password=b"p"))
+        self.assertEqual(len(auth.pending), 1)
+        h.reactor.advance(5)
+        self.assertTrue(client.lost())
+        self.assertEqual(handshake_closes(h.params.metrics, "mqtt", "timeout"), 1)
+        auth.pending[0].callback(True)
+        self.assertEqual(client.received(), [])
+
+    def test_large_packet_behind_password_check(self):
+        """
+        A PUBLISH over the limit pipelined behind a CONNECT whose password
+        is being checked is refused: the client has not authenticated yet.
+        """
+        auth = _PendingAuthenticator()
+        h = MqttHarness(authenticator=auth)
+        client = h.client()
+        client.send(Connect("c", protocol_level=4, username="u", password=b"p"),
+                    Publish("t", b"p" * 70000))
+        self.assertTrue(client.lost())
+        self.assertEqual(handshake_closes(h.params.metrics, "mqtt", "frame_too_large"), 1)
+
     def test_trickled_connect_closed_at_deadline(self):
         """
         A CONNECT trickled a byte per second is closed at the deadline,
@@ -374,6 +404,22 @@ class MqttTests(SynchronousTestCase):
         client.feed(Connect("x", protocol_level=5).encode(5)[:5])
         h.reactor.advance(3)
         self.assertTrue(client.lost())
+
+
+class _PendingAuthenticator:
+    """
+    An authenticator whose password checks answer when the test says so.
+    """
+
+    allow_anonymous = True
+
+    def __init__(self):
+        self.pending = []
+
+    def authenticate(self, username, password, peer_host=None):
+        d = Deferred()
+        self.pending.append(d)
+        return d
 
 
 def _varint(n):
