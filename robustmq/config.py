@@ -772,6 +772,21 @@ class NetworkConfig:
     connect_burst_per_ip: int = setting(
         Integer(minimum=1), "Bucket size of connect_rate_per_ip: connections at once.", 100
     )
+    max_frame_bytes_before_auth: int = setting(
+        Integer(minimum=4096),
+        "Largest frame or packet accepted before the client has authenticated (MQTT: the"
+        " CONNECT packet; Kafka: the first request and every request before SASL"
+        " authentication; AMQP: every frame before connection.open), capped by"
+        " max_frame_bytes; a larger one closes the connection as soon as its length is read.",
+        65536,
+    )
+    handshake_timeout_s: float = setting(
+        Number(minimum=0, exclusive=True),
+        "Seconds from the TCP accept within which a client must complete its handshake"
+        " (TLS, WebSocket upgrade, then MQTT CONNECT accepted, AMQP connection.open, Kafka"
+        " first request and SASL when required); counted from the accept, not reset by data.",
+        10.0,
+    )
 
 
 @frozen(kw_only=True)

@@ -29,6 +29,8 @@ class Network:
     outbound_buffer_bytes: int = 100
     connect_rate_per_ip: float = 0.0
     connect_burst_per_ip: int = 1
+    max_frame_bytes_before_auth: int = 64
+    handshake_timeout_s: float = 10.0
 
 
 @frozen

@@ -121,6 +121,15 @@ class AmqpProtocol(FramedProtocol):
                                    % (size + 8, self.frame_max))
         return size + 8
 
+    def handshake_complete(self):
+        return self.vhost is not None
+
+    def frame_too_large(self, length, buf=None, offset=0):
+        # Before connection.open (the only case: frame_length checks
+        # frame_max first): connection.close 501, as for frame_max.
+        self.frame_error(codec.FrameError(
+            "frame size %d exceeds %d before connection.open" % (length, self.max_frame_bytes)))
+
     def dataReceived(self, data):
         FramedProtocol.dataReceived(self, data)
         if self.confirm_channels:

@@ -173,6 +173,10 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             raise FrameError("bad request size {}".format(size))
         return size + 4
 
+    def handshake_complete(self):
+        # A request received, and SASL done when it is required.
+        return self.authenticated and self.info.messages_in > 0
+
     def frame_received(self, buf, start, end):
         if self.raw_sasl:
             self.raw_sasl_received(bytes(buf[start + 4:end]))

@@ -110,8 +110,7 @@ class MqttProtocol(FramedProtocol):
         self.broker = factory.broker
         self.broker.start()
         self.pconfig = factory.protocol_config
-        self.max_frame_bytes = min(self.max_frame_bytes,
-                                   self.pconfig.max_packet_size)
+        self.limit_frames(self.pconfig.max_packet_size)
         rate = self.pconfig.publish_rate_per_client
         if rate:
             self._rate = rate
@@ -191,10 +190,22 @@ class MqttProtocol(FramedProtocol):
         else:
             FramedProtocol.frame_error(self, exc)
 
-    def frame_too_large(self, length):
+    def frame_too_large(self, length, buf=None, offset=0):
+        if self.accepted:
+            when = ""
+        else:
+            when = " before CONNECT was accepted"
+            if (self._connect_level is None and buf is not None
+                    and buf[offset] >> 4 == CONNECT):
+                # A CONNECT too large: MQTT 5 clients get CONNACK 0x95 when
+                # the protocol level is already in.
+                self._connect_level = _peek_level(buf, offset, len(buf))
         self.protocol_violation(
-            0x95, "packet of %d bytes over the maximum of %d"
-            % (length, self.max_frame_bytes))
+            0x95, "packet of %d bytes over the maximum of %d%s"
+            % (length, self.max_frame_bytes, when))
+
+    def handshake_complete(self):
+        return self.accepted
 
     def protocol_violation(self, code, why, exc=None):
         """
@@ -364,7 +375,7 @@ class MqttProtocol(FramedProtocol):
             if broker.max_qos < 2:
                 ack["maximum_qos"] = broker.max_qos
             ack["retain_available"] = int(config.retain_available)
-            ack["maximum_packet_size"] = self.max_frame_bytes
+            ack["maximum_packet_size"] = self.max_frame_bytes_after_auth
             ack["wildcard_subscription_available"] = int(
                 config.wildcard_subscription_available)
             ack["subscription_identifier_available"] = int(

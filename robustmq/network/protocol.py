@@ -1,12 +1,22 @@
 # -*- test-case-name: tests.test_network -*-
 """
 The base of every client connection: bounded framing parsed from an offset,
-registration in the connection manager, idle timeout and back-pressure.
+registration in the connection manager, idle timeout, handshake deadline and
+back-pressure.
 
 A protocol subclasses L{FramedProtocol} and implements L{frame_length} and
 L{frame_received}; its factory subclasses L{BrokerFactory}.
+
+Before authentication: until L{FramedProtocol.handshake_complete} is true,
+frames are limited to C{network.max_frame_bytes_before_auth}, and a
+connection still in its handshake C{network.handshake_timeout_s} after the
+TCP accept is closed. The handshake is never checked per frame: the larger
+limit is taken the first time a frame over the small one arrives with the
+handshake complete, and the deadlines are one heap and one timer per
+listener.
 """
 
+import heapq
 from collections import deque
 
 from twisted.internet.interfaces import IPushProducer, ISSLTransport
@@ -33,26 +43,38 @@ class FramedProtocol(Protocol):
       - C{frame_received(buf, start, end)}: one complete frame. C{buf} is
         never changed after it has held a frame, so a memoryview of it may
         be kept instead of a copy (it keeps the whole buffer alive).
-    and may override C{frame_error(exc)}, C{frame_too_large(length)},
-    C{idle_timeout()}, C{outbound_overflow()}, C{close_gracefully()} and
+      - C{handshake_complete()}: whether the client has done its protocol
+        handshake (authenticated); the base counts the first frame received.
+    and may override C{frame_error(exc)}, C{frame_too_large(length, buf,
+    offset)}, C{idle_timeout()}, C{handshake_timeout()},
+    C{outbound_overflow()}, C{close_gracefully()} and
     C{connection_closed(reason)}.
 
     @ivar info: the L{robustmq.connections.ConnectionInfo} of this connection.
     @ivar output_paused: the client does not read fast enough; the transport
         buffer is full. Writes still work, but count toward
         C{outbound_buffer_bytes}.
+    @ivar max_frame_bytes: the largest frame accepted now: the smaller limit
+        of C{max_frame_bytes_before_auth} until the handshake is complete.
+    @ivar max_frame_bytes_after_auth: the largest frame accepted once the
+        handshake is complete.
+    @ivar arrived_at: when the connection was accepted (set by the
+        factory; the WebSocket upgrade comes before L{connectionMade}).
     """
 
     log = Logger()
     info = None
     closing = False
     output_paused = False
+    arrived_at = None
 
     def connectionMade(self):
         f = self.factory
         self.reactor = f.reactor
         network = f.network
-        self.max_frame_bytes = network.max_frame_bytes
+        self.max_frame_bytes_after_auth = network.max_frame_bytes
+        self.max_frame_bytes = min(network.max_frame_bytes,
+                                   network.max_frame_bytes_before_auth)
         self.outbound_limit = network.outbound_buffer_bytes
         self._buf = None
         self._paused_out = 0
@@ -68,6 +90,8 @@ class FramedProtocol(Protocol):
         )
         self.transport.registerProducer(self, True)
         self.set_idle_timeout(network.idle_timeout_s)
+        arrived = self.arrived_at if self.arrived_at is not None else self.reactor.seconds()
+        f.watch_handshake(self.info.id, arrived + network.handshake_timeout_s)
 
     # framing
 
@@ -93,8 +117,11 @@ class FramedProtocol(Protocol):
                     break
                 if length > max_frame:
                     info.messages_in += frames
-                    self.frame_too_large(length)
-                    return
+                    frames = 0
+                    max_frame = self._frame_limit()
+                    if length > max_frame:
+                        self._too_large(length, buf, offset)
+                        return
                 stop = offset + length
                 if stop > end:
                     break
@@ -108,9 +135,9 @@ class FramedProtocol(Protocol):
             self.frame_error(e)
             return
         info.messages_in += frames
-        if end - offset > max_frame:
+        if end - offset > max_frame and end - offset > self._frame_limit():
             # No frame may be that long, complete or not.
-            self.frame_too_large(end - offset)
+            self._too_large(end - offset, buf, offset)
             return
         if offset == end:
             self._buf = None
@@ -145,13 +172,80 @@ class FramedProtocol(Protocol):
             )
         self.abort_connection("malformed input")
 
-    def frame_too_large(self, length):
+    def frame_too_large(self, length, buf=None, offset=0):
+        """
+        A frame over L{max_frame_bytes} starts at C{buf[offset:]}: logs and
+        drops the connection; protocols override to send their error first.
+        """
         self.log.warn(
-            "{protocol} {peer}: closing: frame of {length} bytes over the limit of {limit}",
+            "{protocol} {peer}: closing: frame of {length} bytes over the limit of"
+            " {limit}{when}",
             protocol=self.factory.protocol_name, peer=self.peer, length=length,
             limit=self.max_frame_bytes,
+            when=" before authentication" if self.in_handshake() else "",
         )
         self.abort_connection("frame too large")
+
+    def _too_large(self, length, buf, offset):
+        if self.in_handshake():
+            self.factory.closed_in_handshake(self.peer, "frame_too_large")
+        self.frame_too_large(length, buf, offset)
+
+    def _frame_limit(self):
+        """
+        The frame limit, raised to L{max_frame_bytes_after_auth} once the
+        handshake is complete. Called only when a frame is over the limit.
+        """
+        if self.max_frame_bytes < self.max_frame_bytes_after_auth and self.handshake_complete():
+            self.max_frame_bytes = self.max_frame_bytes_after_auth
+        return self.max_frame_bytes
+
+    def limit_frames(self, limit):
+        """
+        Lower the largest frame accepted, before and after authentication,
+        to C{limit} (e.g. a protocol's own maximum packet size).
+        """
+        self.max_frame_bytes_after_auth = min(self.max_frame_bytes_after_auth, limit)
+        self.max_frame_bytes = min(self.max_frame_bytes, limit)
+
+    # handshake
+
+    def handshake_complete(self):
+        """
+        Whether the client has completed its protocol handshake: protocols
+        override (MQTT: CONNECT accepted; AMQP: connection.open done; Kafka:
+        a request received and SASL done when required). The base: a frame
+        was received. Never called per frame.
+        """
+        return self.info is not None and self.info.messages_in > 0
+
+    def in_handshake(self):
+        """
+        Whether the connection is still held to the frame limit before
+        authentication.
+        """
+        return self.max_frame_bytes < self.max_frame_bytes_after_auth and (
+            not self.handshake_complete())
+
+    def handshake_deadline(self):
+        """
+        The deadline of the handshake has come (called by the factory):
+        close the connection unless the handshake is complete.
+        """
+        if self.handshake_complete():
+            return
+        self.factory.closed_in_handshake(
+            self.peer, "timeout",
+            "handshake not complete {:g} s after the connection was accepted".format(
+                self.factory.network.handshake_timeout_s))
+        self.handshake_timeout()
+
+    def handshake_timeout(self):
+        """
+        The client did not complete its handshake in time (logged and
+        counted already): drop the connection.
+        """
+        self.abort_connection("handshake timeout")
 
     # output
 
@@ -338,6 +432,7 @@ class FramedProtocol(Protocol):
         self._buf = None
         info = self.info
         if info is not None:
+            self.factory.unwatch_handshake(info.id)
             try:
                 self.connection_closed(reason)
             finally:
@@ -357,6 +452,14 @@ class BrokerFactory(Factory):
     @ivar listener: the endpoint string of the listener.
     @ivar websocket_subprotocols: what a C{ws:}/C{wss:} listener negotiates.
     @ivar websocket_default_path: the WebSocket path when C{path=} is not given.
+    @ivar max_frame_bytes_before_auth: the frame limit of the handshake, which
+        also bounds WebSocket messages until then.
+    @ivar handshake_timeout_s: the handshake deadline, which also covers the
+        TLS handshake and the WebSocket upgrade.
+
+    The deadlines of the connections are kept in one heap per factory with
+    one timer, rather than a timer per connection: a connection costs a heap
+    entry until its deadline, and nothing once it is gone.
     """
 
     log = Logger()
@@ -374,6 +477,88 @@ class BrokerFactory(Factory):
         self.connections = params.connections
         self.metrics = params.metrics
         self.max_frame_bytes = self.network.max_frame_bytes
+        self.max_frame_bytes_before_auth = min(
+            self.max_frame_bytes, self.network.max_frame_bytes_before_auth)
+        self.handshake_timeout_s = self.network.handshake_timeout_s
+        self._deadlines = []
+        self._watching = set()
+        self._sweep_call = None
+        self._handshake_closes = self.metrics.counter(
+            "handshake_closes",
+            "Connections closed before their handshake completed, by reason"
+            " (timeout, frame_too_large)",
+            ("protocol", "reason"),
+        )
+
+    def watch_handshake(self, conn_id, deadline):
+        """
+        Call C{handshake_deadline()} of connection C{conn_id} at
+        C{deadline} (reactor time) unless it is gone by then.
+        """
+        heapq.heappush(self._deadlines, (deadline, conn_id))
+        self._watching.add(conn_id)
+        call = self._sweep_call
+        delay = max(0.0, deadline - self.reactor.seconds())
+        if call is None:
+            self._sweep_call = self.reactor.callLater(delay, self._sweep)
+        elif deadline < call.getTime():
+            call.reset(delay)
+
+    def unwatch_handshake(self, conn_id):
+        """
+        Connection C{conn_id} is gone. When no watched connection is left,
+        the heap is emptied and the timer cancelled.
+        """
+        watching = self._watching
+        if conn_id not in watching:
+            return
+        watching.discard(conn_id)
+        if not watching:
+            self._stop_sweep()
+
+    def _stop_sweep(self):
+        self._deadlines = []
+        call = self._sweep_call
+        self._sweep_call = None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _sweep(self):
+        self._sweep_call = None
+        now = self.reactor.seconds()
+        heap = self._deadlines
+        watching = self._watching
+        while heap and heap[0][0] <= now:
+            conn_id = heapq.heappop(heap)[1]
+            if conn_id in watching:
+                watching.discard(conn_id)
+                info = self.connections.get(conn_id)
+                if info is not None and info.conn is not None:
+                    try:
+                        info.conn.handshake_deadline()
+                    except Exception:
+                        self.log.failure(
+                            "{protocol}: error at the handshake deadline of {peer}",
+                            protocol=self.protocol_name, peer=info.peer)
+        if not watching:
+            self._stop_sweep()
+        elif self._deadlines:
+            self._sweep_call = self.reactor.callLater(
+                max(0.0, self._deadlines[0][0] - self.reactor.seconds()), self._sweep)
+
+    def closed_in_handshake(self, peer, reason, why=None):
+        """
+        Count a connection closed before its handshake completed, and log
+        C{why} when given (once per connection, never per byte).
+
+        @param reason: C{"timeout"} or C{"frame_too_large"}.
+        """
+        self._handshake_closes.labels(self.protocol_name, reason).inc()
+        if why is not None:
+            self.log.info(
+                "{protocol} {peer}: closing before the handshake completed: {why}",
+                protocol=self.protocol_name, peer=peer, why=why,
+            )
 
     def buildProtocol(self, addr):
         host = getattr(addr, "host", None) or str(addr)
@@ -390,4 +575,5 @@ class BrokerFactory(Factory):
             return None
         p = self.protocol()
         p.factory = self
+        p.arrived_at = self.reactor.seconds()
         return p

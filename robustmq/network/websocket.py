@@ -20,6 +20,16 @@ wrapped factory may declare, as plain attributes:
       string has no C{path=} (default C{"/"}).  Other paths get HTTP 404.
     - C{max_frame_bytes}: the largest WebSocket frame and message accepted
       from a client; larger ones close the connection with code 1009.
+    - C{max_frame_bytes_before_auth}: the same limit until the wrapped
+      protocol's C{handshake_complete()} is true (checked at the start of
+      each frame until then, never after).
+    - C{handshake_timeout_s}: the TLS handshake (on C{wss:}) and the
+      WebSocket upgrade must be done this many seconds after the TCP accept,
+      else the connection is dropped (the wrapped protocol's own handshake
+      deadline, counted from the same accept, follows).
+    - C{closed_in_handshake(peer, reason, why)}: told of a connection
+      dropped for one of these two limits (C{reason} is C{"timeout"} or
+      C{"frame_too_large"}).
 
 They are read once, when the listener starts.  The wrapped factory's
 C{buildProtocol} is called when the TCP connection is accepted (returning
@@ -254,6 +264,51 @@ class WebSocketWrappingProtocol(WrappingWebSocketServerProtocol):
     _wrapped_transport = None
     _held = None
     _stream_reason = None
+    _handshake_timer = None
+
+    def connectionMade(self):
+        WrappingWebSocketServerProtocol.connectionMade(self)
+        timeout = self.factory.handshake_timeout_s
+        if timeout:
+            self._handshake_timer = self.factory.reactor.callLater(
+                timeout, self._handshake_expired)
+
+    def _handshake_expired(self):
+        self._handshake_timer = None
+        if self.state != _CONNECTING:
+            return
+        self.factory.closed_in_handshake(
+            self.transport.getPeer(), "timeout",
+            "WebSocket upgrade not done {:g} s after the connection was accepted".format(
+                self.factory.handshake_timeout_s))
+        self.transport.abortConnection()
+
+    def _cancel_handshake_timer(self):
+        timer = self._handshake_timer
+        self._handshake_timer = None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _frame_begin_in_handshake(self, length):
+        """
+        C{onMessageFrameBegin} while the wrapped protocol is in its
+        handshake, with the smaller frame and message limits; removed (back
+        to the class's method and the full limits) once it is complete.
+        """
+        complete = getattr(self._proto, "handshake_complete", None)
+        if complete is None or complete():
+            del self.onMessageFrameBegin
+            self.maxFramePayloadSize = self.factory.maxFramePayloadSize
+            self.maxMessagePayloadSize = self.factory.maxMessagePayloadSize
+            self.onMessageFrameBegin(length)
+            return
+        WrappingWebSocketServerProtocol.onMessageFrameBegin(self, length)
+        if self.wasMaxFramePayloadSizeExceeded or self.wasMaxMessagePayloadSizeExceeded:
+            self.factory.closed_in_handshake(
+                self.transport.getPeer(), "frame_too_large",
+                "WebSocket message of {} bytes or more over the limit of {} before"
+                " authentication".format(
+                    self.message_data_total_length, self.maxMessagePayloadSize))
 
     def dataReceived(self, data):
         self._dataReceived(data)
@@ -289,6 +344,7 @@ class WebSocketWrappingProtocol(WrappingWebSocketServerProtocol):
         )
 
     def onOpen(self):
+        self._cancel_handshake_timer()
         stream = self.transport
         if ISSLTransport.providedBy(stream):
             transport_class = SecureWebSocketTransport
@@ -365,6 +421,9 @@ class WebSocketWrappingProtocol(WrappingWebSocketServerProtocol):
         pass
 
     def connectionLost(self, reason=connectionDone):
+        self._cancel_handshake_timer()
+        # The bound method of the handshake refers to this protocol.
+        self.__dict__.pop("onMessageFrameBegin", None)
         self._stream_reason = reason
         WrappingWebSocketServerProtocol.connectionLost(self, reason)
         self._wrapped_connection_lost()
@@ -399,6 +458,15 @@ class WebSocketWrappingProtocol(WrappingWebSocketServerProtocol):
         else:
             reason = Failure(ConnectionLost(self.wasNotCleanReason))
         self._proto.connectionLost(reason)
+
+
+def _positive_or_none(factory, name):
+    value = getattr(factory, name, None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{name} must be a positive number, not {value!r}")
+    return value
 
 
 def _subprotocols_of(factory):
@@ -466,7 +534,25 @@ class WebSocketWrappingFactory(WrappingWebSocketServerFactory):
                 )
             options["maxFramePayloadSize"] = max_frame_bytes
             options["maxMessagePayloadSize"] = max_frame_bytes
+        self.max_frame_bytes_before_auth = _positive_or_none(
+            factory, "max_frame_bytes_before_auth")
+        self.handshake_timeout_s = _positive_or_none(factory, "handshake_timeout_s")
+        if self.handshake_timeout_s is not None:
+            # This deadline replaces autobahn's own opening handshake timeout.
+            options["openHandshakeTimeout"] = 0
+        self._closed_in_handshake = getattr(factory, "closed_in_handshake", None)
         self.setProtocolOptions(**options)
+
+    def closed_in_handshake(self, peer, reason, why):
+        """
+        Tell the wrapped factory, if it wants to know, that a connection
+        from C{peer} was dropped before its handshake completed.
+        """
+        if self._closed_in_handshake is not None:
+            host = getattr(peer, "host", None)
+            port = getattr(peer, "port", None)
+            where = "{}:{}".format(host, port) if host is not None else str(peer)
+            self._closed_in_handshake(where, reason, why)
 
     @property
     def wrapped_factory(self):
@@ -482,6 +568,13 @@ class WebSocketWrappingFactory(WrappingWebSocketServerFactory):
         protocol = self.protocol()
         protocol.factory = self
         protocol._proto = wrapped
+        limit = self.max_frame_bytes_before_auth
+        if limit is not None and (
+                not self.maxFramePayloadSize or limit < self.maxFramePayloadSize):
+            # Read by autobahn in place of the factory's values.
+            protocol.maxFramePayloadSize = limit
+            protocol.maxMessagePayloadSize = limit
+            protocol.onMessageFrameBegin = protocol._frame_begin_in_handshake
         return protocol
 
     def startFactory(self):
