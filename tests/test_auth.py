@@ -353,8 +353,10 @@ class ReactorFreeUnderFloodTests(TestCase):
     def test_flood_of_wrong_passwords(self):
         """
         While 60 wrong passwords are checked, the event loop keeps turning:
-        a 10 ms timer is never more than 100 ms late (checked on the event
-        loop, 60 checks would hold it for over half a second).
+        a 10 ms timer is late for less than a quarter of the flood in all
+        and never by half a second (checked on the event loop, 60 checks
+        would hold it for most of the flood). Sums, not one gap, so that a
+        busy machine's scheduling does not decide.
         """
         gaps = []
         last = [time.monotonic()]
@@ -378,13 +380,15 @@ class ReactorFreeUnderFloodTests(TestCase):
         elapsed = time.monotonic() - started
         loop.stop()
         self.assertGreater(len(gaps), 2)
-        self.assertLess(max(gaps), 0.1, (max(gaps), elapsed))
+        late = sum(max(0.0, gap - 0.02) for gap in gaps)
+        self.assertLess(late, elapsed / 4, (late, max(gaps), elapsed))
+        self.assertLess(max(gaps), 0.5, (max(gaps), elapsed))
 
     @inlineCallbacks
     def test_ping_answered_during_flood(self):
         """
-        A connected client's PINGREQ is answered within tens of ms while a
-        flood of wrong passwords is being checked.
+        A connected client's PINGREQ is answered within 200 ms (mostly in
+        under 5) while a flood of wrong passwords is being checked.
         """
         from twisted.internet.threads import deferToThread
 
@@ -400,18 +404,21 @@ class ReactorFreeUnderFloodTests(TestCase):
             reactor.connectTCP("127.0.0.1", self.port, factory)
 
         def pings():
-            worst = 0
+            times = []
             for _ in range(10):
                 sent = time.monotonic()
                 sock.sendall(b"\xc0\x00")
                 assert sock.recv(2) == b"\xd0\x00"
-                worst = max(worst, time.monotonic() - sent)
+                times.append(time.monotonic() - sent)
                 time.sleep(0.01)
-            return worst
+            return sorted(times)
 
-        worst = yield deferToThread(pings)
+        times = yield deferToThread(pings)
         yield factory.finished
-        self.assertLess(worst, 0.1)
+        # With the checks on the event loop the first ping waits for the
+        # whole flood (0.4 s and more); a busy machine's scheduling may
+        # delay one by tens of ms.
+        self.assertLess(times[-1], 0.2, times)
 
 
 def _recv_packets(sock, count, timeout=10):
