@@ -135,6 +135,14 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             # Produce requests are large: read them in fewer, larger chunks
             # (a plain TCP transport reads bufferSize bytes per recv).
             self.transport.bufferSize = READ_BYTES
+        # As Kafka's broker: a response written in pieces as the client
+        # reads must not wait for a delayed ACK before its last segment.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            try:
+                no_delay(True)
+            except OSError:
+                pass
         f = self.factory
         self.broker = f.broker
         self.broker.load()
