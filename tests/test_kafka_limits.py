@@ -101,6 +101,10 @@ def produce(port, topic, count, size, per_batch):
     values = [b"%08d" % i + b"v" * (size - 8) for i in range(count)]
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     try:
+        # As clients do: a first request, before frames over the limit
+        # before authentication.
+        sock.sendall(codec.encode_request(API_VERSIONS, 0, 0, "limits", {}))
+        _frame(sock)
         for n, start in enumerate(range(0, count, per_batch)):
             data = encode_batch([Record(value=v, timestamp_ms=1)
                                  for v in values[start:start + per_batch]], 0)

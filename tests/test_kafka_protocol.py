@@ -501,6 +501,9 @@ class FetchLimitTests(SynchronousTestCase):
     def setUp(self):
         self.h = Harness(fetch_max_bytes=6000)
         self.c = self.h.client()
+        # As clients do: a first request, before frames over the limit
+        # before authentication.
+        self.c.call(API_VERSIONS, 3, {})
 
     def produce(self, topic, values, partition=0):
         body = self.c.call(PRODUCE, 9, produce_body(topic, partition, batch(values)))
