@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from robustmq.kafka import codec, errors
+from robustmq.kafka import broker as kafka_broker
 from robustmq.kafka import protocol as kafka_protocol
 from robustmq.kafka.broker import KafkaBroker, topic_name_problem
 from robustmq.kafka.groups import GroupCoordinator
@@ -691,6 +692,36 @@ class FetchLimitTests(SynchronousTestCase):
         del c
         self.assertIsNone(proto())
         self.assertIsNone(transport())
+
+    def test_lost_output_given_back(self):
+        """
+        When a lost connection dropped more than 1 MiB of output, the memory
+        freed is given back to the system once, on the next reactor turn.
+        """
+        trims = []
+        self.patch(kafka_broker, "_malloc_trim", trims.append)
+        h = Harness()
+        producer = h.client()
+        producer.call(API_VERSIONS, 3, {})
+        for _ in range(20):
+            producer.call(PRODUCE, 9, produce_body("t", 0, batch([b"x" * 100000])))
+        clients = []
+        for port in (40001, 40002, 40003):
+            c = PausingClient(h.factory.buildProtocol(
+                IPv4Address("TCP", "127.0.0.1", port)), limit=1000)
+            clients.append(c)
+        for c in clients[1:]:
+            c.send(FETCH, 12, fetch_all_body("t"))
+        clients[0].send(API_VERSIONS, 3, {})
+        clients[0].protocol.connectionLost(Failure(ConnectionResetError()))
+        h.clock.advance(0)
+        self.assertEqual(trims, [])
+        for c in clients[1:]:
+            self.assertGreater(c.protocol.output_held(), 1 << 20)
+            c.protocol.connectionLost(Failure(ConnectionResetError()))
+        self.assertEqual(trims, [])
+        h.clock.advance(0)
+        self.assertEqual(trims, [0])
 
 
 class ListOffsetsTests(KafkaTestCase):
