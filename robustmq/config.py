@@ -1010,6 +1010,14 @@ class KafkaRuntimeConfig(RuntimeConfig):
         " POLICY_VIOLATION.",
         10000,
     )
+    fetch_max_bytes: int = setting(
+        Integer(minimum=1),
+        "Record bytes of one Fetch response at most, whatever the client asks (its"
+        " max_bytes and partition_max_bytes only lower it; the first record batch is"
+        " returned even when larger, so that a consumer always makes progress); also"
+        " capped by network.outbound_buffer_bytes.",
+        57671680,
+    )
 
 
 @frozen(kw_only=True)

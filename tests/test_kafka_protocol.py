@@ -4,15 +4,20 @@ L{robustmq.kafka.producers}: each API over a L{StringTransport} with
 in-memory storage and a L{Clock}.
 """
 
+import gc
 import struct
+import weakref
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from robustmq.kafka import codec, errors
+from robustmq.kafka import broker as kafka_broker
 from robustmq.kafka import protocol as kafka_protocol
 from robustmq.kafka.broker import KafkaBroker, topic_name_problem
 from robustmq.kafka.groups import GroupCoordinator
@@ -400,6 +405,323 @@ class ProduceFetchTests(KafkaTestCase):
         p = partition_of(self.c.call(FETCH, 12, fetch_body("t", 0, 0, max_bytes=1500)))
         self.assertLess(len(p["records"]), 10 * 500)
         self.assertGreater(len(p["records"]), 0)
+
+
+def fetch_all_body(topic, partitions=(0,), offset=0, max_bytes=1 << 30,
+                   partition_max_bytes=1 << 30):
+    """
+    A fetch asking for everything (1 GiB) of each of C{partitions}.
+    """
+    body = fetch_body(topic, 0, offset, max_bytes=max_bytes)
+    body["topics"][0]["partitions"] = [
+        {"partition": p, "fetch_offset": offset, "partition_max_bytes": partition_max_bytes,
+         "current_leader_epoch": -1, "log_start_offset": -1} for p in partitions]
+    return body
+
+
+def records_of(body):
+    return [bytes(p["records"]) for t in body["responses"] for p in t["partitions"]]
+
+
+class PausingTransport(StringTransport):
+    """
+    A transport that, like Twisted's TCP transport, pauses its streaming
+    producer as soon as it buffers more than C{limit} bytes, and resumes it
+    once the client has read everything (L{drain}).
+
+    @ivar most: the most bytes it held at once.
+    """
+
+    def __init__(self, limit, **kw):
+        StringTransport.__init__(self, **kw)
+        self.limit = limit
+        self.paused = False
+        self.most = 0
+
+    def write(self, data):
+        StringTransport.write(self, data)
+        self._check()
+
+    def writeSequence(self, data):
+        StringTransport.writeSequence(self, data)
+        self._check()
+
+    def _check(self):
+        held = len(self.io.getvalue())
+        self.most = max(self.most, held)
+        if held > self.limit and not self.paused and self.producer is not None:
+            self.paused = True
+            self.producer.pauseProducing()
+
+    def drain(self):
+        """
+        The client reads what was written: the producer is resumed.
+        """
+        data = self.value()
+        self.clear()
+        if self.paused:
+            self.paused = False
+            self.producer.resumeProducing()
+        return data
+
+
+class PausingClient(FakeClient):
+    """
+    A L{FakeClient} over a L{PausingTransport}.
+    """
+
+    def __init__(self, protocol, limit):
+        self.protocol = protocol
+        self.transport = PausingTransport(
+            limit, hostAddress=IPv4Address("TCP", "127.0.0.1", 9092),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(self.transport)
+        self.correlation_id = 0
+        self.sent = []
+        self._buf = b""
+
+    def read_all(self, want):
+        """
+        Drain the transport until C{want} responses came.
+        """
+        got = []
+        for _ in range(100000):
+            self._buf += self.transport.drain()
+            got.extend(self.responses())
+            if len(got) >= want:
+                return got
+        raise AssertionError("only {} responses".format(len(got)))
+
+
+class FetchLimitTests(SynchronousTestCase):
+    """
+    A Fetch response is capped at C{fetch_max_bytes} and written a chunk at
+    a time under the transport's back-pressure.
+    """
+
+    def setUp(self):
+        self.h = Harness(fetch_max_bytes=6000)
+        self.c = self.h.client()
+        # As clients do: a first request, before frames over the limit
+        # before authentication.
+        self.c.call(API_VERSIONS, 3, {})
+
+    def produce(self, topic, values, partition=0):
+        body = self.c.call(PRODUCE, 9, produce_body(topic, partition, batch(values)))
+        self.assertEqual(partition_of(body)["error_code"], 0)
+
+    def test_capped_whatever_the_client_asks(self):
+        """
+        A fetch of 1 GiB gets at most fetch_max_bytes of records; the next
+        fetch goes on from there.
+        """
+        for i in range(20):
+            self.produce("t", [b"%04d" % i + b"x" * 996])
+        body = self.c.call(FETCH, 12, fetch_all_body("t"))
+        (records,) = records_of(body)
+        self.assertGreater(len(records), 0)
+        self.assertLessEqual(len(records), 6000)
+        self.assertEqual(partition_of(body)["high_watermark"], 20)
+
+    def test_partition_max_bytes_and_max_bytes_still_lower_it(self):
+        for i in range(20):
+            self.produce("t", [b"x" * 1000])
+        size = len(batch([b"x" * 1000]))
+        for body in (fetch_all_body("t", max_bytes=2 * size),
+                     fetch_all_body("t", partition_max_bytes=2 * size)):
+            (records,) = records_of(self.c.call(FETCH, 12, body))
+            self.assertEqual(len(records), 2 * size)
+
+    def test_first_batch_larger_than_the_cap(self):
+        """
+        A record batch larger than fetch_max_bytes is returned alone when it
+        comes first, so that a consumer is never stuck behind it.
+        """
+        big = b"y" * 10000
+        self.produce("t", [big])
+        self.produce("t", [b"z"])
+        body = self.c.call(FETCH, 12, fetch_all_body("t"))
+        (records,) = records_of(body)
+        self.assertEqual(len(records), len(batch([big])))
+        self.assertIn(big, records)
+
+    def test_only_the_first_batch_goes_over(self):
+        """
+        Only the first partition with data may go over the cap; a large
+        first batch of another partition waits for a later fetch.
+        """
+        self.c.call(CREATE_TOPICS, 4, {"topics": [
+            {"name": "two", "num_partitions": 2, "replication_factor": 1,
+             "assignments": [], "configs": []}], "timeout_ms": 1000, "validate_only": False})
+        self.produce("two", [b"a" * 4000], partition=0)
+        self.produce("two", [b"b" * 4000], partition=1)
+        first, second = records_of(self.c.call(FETCH, 12, fetch_all_body("two", (0, 1))))
+        self.assertIn(b"a" * 4000, first)
+        self.assertEqual(second, b"")
+        (again,) = records_of(self.c.call(FETCH, 12, fetch_all_body("two", (1,))))
+        self.assertIn(b"b" * 4000, again)
+
+    def test_capped_by_the_outbound_buffer(self):
+        h = Harness(network={"outbound_buffer_bytes": 3000})
+        c = h.client()
+        for i in range(10):
+            c.call(PRODUCE, 9, produce_body("t", 0, batch([b"x" * 1000])))
+        (records,) = records_of(c.call(FETCH, 12, fetch_all_body("t")))
+        self.assertEqual(len(records), 2 * len(batch([b"x" * 1000])))
+
+    def test_streamed_under_back_pressure(self):
+        """
+        A response is handed to the transport a record batch at a time while
+        it takes them; the fetches behind it read their records only when
+        their turn comes, so the connection never holds more than one
+        response; all come complete and in order.
+        """
+        h = Harness(network={"outbound_buffer_bytes": 1 << 20})
+        values = [b"%04d" % i + b"v" * 1996 for i in range(40)]
+        producer = h.client()
+        for v in values:
+            producer.call(PRODUCE, 9, produce_body("t", 0, batch([v])))
+        one_response = sum(len(batch([v])) for v in values)
+        c = PausingClient(h.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001)),
+                          limit=4096)
+        reads = []
+        real_read = h.broker.read
+        self.patch(h.broker, "read", lambda *a: reads.append(a) or real_read(*a))
+        for _ in range(3):
+            c.send(FETCH, 12, fetch_all_body("t"))
+        c.send(API_VERSIONS, 3, {})
+        proto = c.protocol
+        self.assertTrue(proto.output_paused)
+        self.assertEqual(len(reads), 1)
+        self.assertLess(len(c.transport.value()), 4096 + 2100)
+        self.assertLess(proto.output_held(), one_response)
+        held = []
+        real_drain = c.transport.drain
+
+        def drain():
+            data = real_drain()
+            held.append(proto.output_held())
+            return data
+
+        c.transport.drain = drain
+        got = c.read_all(4)
+        self.assertEqual([cid for cid, _ in got], [1, 2, 3, 4])
+        for _, body in got[:3]:
+            (records,) = records_of(body)
+            self.assertEqual(len(records), one_response)
+            self.assertIn(values[-1], records)
+        self.assertEqual(got[3][1]["error_code"], 0)
+        self.assertEqual(len(reads), 3)
+        self.assertLess(max(held), one_response)
+        self.assertLess(c.transport.most, 4096 + 2100)
+        self.assertEqual(proto.output_held(), 0)
+        self.assertFalse(proto.output_paused)
+
+    def test_long_poll_reads_when_answered(self):
+        """
+        A fetch waiting for data behind a client that does not read is
+        answered, in order, once the output before it was taken.
+        """
+        self.produce("t", [b"x" * 3000])
+        self.produce("t", [b"x" * 3000])
+        c = PausingClient(self.h.factory.buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40001)), limit=1000)
+        c.send(FETCH, 12, fetch_all_body("t"))
+        body = fetch_all_body("t", offset=2)
+        body.update(max_wait_ms=5000, min_bytes=1)
+        c.send(FETCH, 12, body)
+        self.assertTrue(c.protocol.output_paused)
+        self.h.clock.advance(1)
+        self.produce("t", [b"late"])
+        got = c.read_all(2)
+        self.assertEqual([cid for cid, _ in got], [1, 2])
+        (records,) = records_of(got[1][1])
+        self.assertIn(b"late", records)
+
+    def test_queued_output_beyond_the_limit_closes(self):
+        """
+        While a client does not read, more than outbound_buffer_bytes of
+        further responses waiting for it close the connection.
+        """
+        h = Harness(network={"outbound_buffer_bytes": 20000})
+        producer = h.client()
+        for _ in range(10):
+            producer.call(PRODUCE, 9, produce_body("t", 0, batch([b"x" * 1000])))
+        c = PausingClient(h.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40001)),
+                          limit=1000)
+        c.send(FETCH, 12, fetch_all_body("t"))
+        self.assertTrue(c.protocol.output_paused)
+        metadata = {"topics": None, "allow_auto_topic_creation": False}
+        for _ in range(1000):
+            c.send(METADATA, 9, metadata)
+            if c.transport.disconnecting:
+                break
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_closing_waits_for_the_output(self):
+        self.produce("t", [b"x" * 100000])
+        c = PausingClient(self.h.factory.buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40001)), limit=1000)
+        c.send(FETCH, 12, fetch_all_body("t"))
+        c.protocol.close_gracefully()
+        self.assertFalse(c.transport.disconnecting)
+        self.assertEqual(len(c.read_all(1)), 1)
+        self.assertTrue(c.transport.disconnecting)
+
+    def test_lost_connection_lets_go_of_its_output(self):
+        """
+        Once the connection is lost, nothing keeps the protocol, its
+        transport or the output they held in memory: they are freed at once,
+        not at the garbage collector's next full collection.
+        """
+        self.produce("t", [b"x" * 100000])
+        c = PausingClient(self.h.factory.buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40001)), limit=1000)
+        c.send(FETCH, 12, fetch_all_body("t"))
+        c.send(FETCH, 12, fetch_all_body("t"))
+        self.assertGreater(c.protocol.output_held(), 0)
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        proto = weakref.ref(c.protocol)
+        transport = weakref.ref(c.transport)
+        # As Twisted's transports do when the connection is lost:
+        c.transport.unregisterProducer()
+        c.protocol.connectionLost(Failure(ConnectionResetError()))
+        self.assertEqual(c.protocol.output_held(), 0)
+        del c
+        self.assertIsNone(proto())
+        self.assertIsNone(transport())
+
+    def test_lost_output_given_back(self):
+        """
+        When a lost connection dropped more than 1 MiB of output, the memory
+        freed is given back to the system once, on the next reactor turn.
+        """
+        trims = []
+        self.patch(kafka_broker, "_malloc_trim", trims.append)
+        h = Harness()
+        producer = h.client()
+        producer.call(API_VERSIONS, 3, {})
+        for _ in range(20):
+            producer.call(PRODUCE, 9, produce_body("t", 0, batch([b"x" * 100000])))
+        clients = []
+        for port in (40001, 40002, 40003):
+            c = PausingClient(h.factory.buildProtocol(
+                IPv4Address("TCP", "127.0.0.1", port)), limit=1000)
+            clients.append(c)
+        for c in clients[1:]:
+            c.send(FETCH, 12, fetch_all_body("t"))
+        clients[0].send(API_VERSIONS, 3, {})
+        clients[0].protocol.connectionLost(Failure(ConnectionResetError()))
+        h.clock.advance(0)
+        self.assertEqual(trims, [])
+        for c in clients[1:]:
+            self.assertGreater(c.protocol.output_held(), 1 << 20)
+            c.protocol.connectionLost(Failure(ConnectionResetError()))
+        self.assertEqual(trims, [])
+        h.clock.advance(0)
+        self.assertEqual(trims, [0])
 
 
 class ListOffsetsTests(KafkaTestCase):

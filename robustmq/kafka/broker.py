@@ -9,6 +9,8 @@ topics survive a restart; the data lives in the shards.
 """
 
 import base64
+import ctypes
+import ctypes.util
 import os
 import re
 import uuid
@@ -30,6 +32,31 @@ _LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
 
 #: The topic configs this broker understands.
 TOPIC_CONFIGS = ("retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes")
+
+#: Output dropped with a lost connection from which the memory it freed is
+#: handed back to the system at once.
+TRIM_AFTER_BYTES = 1 << 20
+
+
+def _find_malloc_trim():
+    """
+    glibc's C{malloc_trim}, or L{None} where there is none.
+
+    Memory freed by the process stays in glibc's heap until something is
+    freed at its very top; a large fetch response freed at once (its client
+    went away) would stay in the resident set for good. C{malloc_trim}
+    gives the free pages back.
+    """
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 def topic_name_problem(name):
@@ -162,6 +189,7 @@ class KafkaBroker:
         #: being made in the background exist (CreateTopics,
         #: CreatePartitions).
         self.pending = {}
+        self._trim_call = None
 
     # life cycle
 
@@ -202,6 +230,9 @@ class KafkaBroker:
         """
         if self._snapshot_loop is not None and self._snapshot_loop.running:
             self._snapshot_loop.stop()
+        if self._trim_call is not None and self._trim_call.active():
+            self._trim_call.cancel()
+        self._trim_call = None
         if self.groups is not None:
             self.groups.stop()
         if not self.loaded:
@@ -289,6 +320,20 @@ class KafkaBroker:
                 " (kafka_runtime.max_partitions)".format(count - current,
                                                         total + count - current, limit))
         return errors.NONE, None
+
+    def output_dropped(self, nbytes):
+        """
+        A connection went away with C{nbytes} of output not written: give
+        the memory back to the system (once per reactor turn) when that is
+        much.
+        """
+        if nbytes < TRIM_AFTER_BYTES or _malloc_trim is None or self._trim_call is not None:
+            return
+        self._trim_call = self.reactor.callLater(0, self._trim)
+
+    def _trim(self):
+        self._trim_call = None
+        _malloc_trim(0)
 
     # topics
 

@@ -8,6 +8,15 @@ Most requests are answered at once. A produce waiting for the disk, a fetch
 waiting for data and a group join waiting for the rebalance take a slot in
 the connection's response queue; the responses behind it wait until it is
 filled, as Kafka answers a connection's requests in order.
+
+Output is bounded per connection. A response is written to the transport a
+chunk (a record batch) at a time while the transport takes it (the
+connection is the producer registered with its transport, L{IPushProducer});
+the rest waits in the connection until the transport asks for more. A fetch
+reads its records only when its turn to be written comes and everything
+before it was taken by the transport, so a client that reads slowly holds at
+most one Fetch response (at most C{fetch_max_bytes}, and never more than
+C{network.outbound_buffer_bytes}) plus what the transport buffers.
 """
 
 import struct
@@ -96,6 +105,14 @@ READ_BYTES = 1 << 20
 #: Authorization decisions a connection caches (cleared when full).
 ACL_CACHE_ENTRIES = 4096
 
+#: A response up to this size is handed to the transport in one piece.
+_SMALL_RESPONSE = 1 << 16
+
+#: Records read from storage at once for a fetch: a large response is read
+#: in pieces, so that no single buffer is as large as the response.
+_READ_PIECE = 16 << 20
+_BATCH_LAST_DELTA = struct.Struct(">i")
+
 _RESOURCE_WORD = {TOPIC: "topic", GROUP: "group", CLUSTER: "cluster"}
 
 
@@ -118,6 +135,14 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             # Produce requests are large: read them in fewer, larger chunks
             # (a plain TCP transport reads bufferSize bytes per recv).
             self.transport.bufferSize = READ_BYTES
+        # As Kafka's broker: a response written in pieces as the client
+        # reads must not wait for a delayed ACK before its last segment.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            try:
+                no_delay(True)
+            except OSError:
+                pass
         f = self.factory
         self.broker = f.broker
         self.broker.load()
@@ -125,6 +150,10 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         self.node_id = self.broker.node_id
         self.queue = deque()
         self.max_pending = self.config.max_pending_requests
+        self.fetch_max_bytes = min(self.config.fetch_max_bytes, self.outbound_limit)
+        self._out = deque()
+        self._out_bytes = 0
+        self._draining = False
         self.waiters = set()
         self.sasl = None
         self.raw_sasl = False
@@ -215,7 +244,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         if result is _NO_RESPONSE or result is _LATER:
             return
         if self.queue:
-            self.queue.append([api_key, version, correlation_id, result])
+            self.queue.append([api_key, version, correlation_id, result, None])
             self._drain()
         else:
             self.send_response(api_key, version, correlation_id, result)
@@ -251,7 +280,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             peer=self.peer, key=api_key, version=version,
         )
         if self.queue:
-            self.queue.append([api_key, version, e.correlation_id, body])
+            self.queue.append([api_key, version, e.correlation_id, body, None])
             self._drain()
         else:
             self.send_response(api_key, version, e.correlation_id, body)
@@ -277,7 +306,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         @return: the slot, for L{fill_slot}.
         """
         slot = [header["request_api_key"], header["request_api_version"],
-                header["correlation_id"], None]
+                header["correlation_id"], None, None]
         self.queue.append(slot)
         if len(self.queue) >= self.max_pending:
             self.pause_reading("pending")
@@ -288,14 +317,36 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         self._drain()
 
     def _drain(self):
+        """
+        Send the responses at the head of the queue that are ready. A fetch
+        reads its records here, when everything before it was taken by the
+        transport.
+        """
+        if self._draining or self._gone:
+            return
+        self._draining = True
         queue = self.queue
-        while queue and queue[0][3] is not None:
-            api_key, version, correlation_id, body = queue.popleft()
-            if self.info is not None and self.transport is not None and not self._gone:
-                self.send_response(api_key, version, correlation_id, body)
+        try:
+            while queue:
+                slot = queue[0]
+                if slot[3] is None:
+                    fetch = slot[4]
+                    if (fetch is None or fetch.waiter is not None or self._out
+                            or self.output_paused):
+                        break
+                    body = fetch.turn()
+                    if body is None:
+                        break
+                    slot[3] = body
+                queue.popleft()
+                self.send_response(slot[0], slot[1], slot[2], slot[3])
+                if self._gone:
+                    return
+        finally:
+            self._draining = False
         if len(queue) < self.max_pending:
             self.resume_reading("pending")
-        if not queue and self.closing and not self._gone:
+        if not queue and not self._out and self.closing:
             self.transport.loseConnection()
 
     _gone = False
@@ -336,6 +387,70 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
 
     def authorized_operations(self, rtype, name):
         return self.acl.authorized_operations(rtype, name, self.user, self.peer_host)
+
+    # output: bounded by the transport's back-pressure
+
+    def send(self, data):
+        self.send_sequence([data])
+
+    def send_sequence(self, chunks, frames=1):
+        """
+        Write C{frames} frames given as a list of byte strings: at once when
+        small, else a chunk at a time while the transport takes them. When
+        the client is behind, they wait in line; more than
+        C{outbound_buffer_bytes} queued while it stays behind closes the
+        connection.
+        """
+        size = 0
+        for c in chunks:
+            size += len(c)
+        info = self.info
+        info.bytes_out += size
+        info.messages_out += frames
+        out = self._out
+        if out or self.output_paused:
+            self._paused_out += size
+            if self._paused_out > self.outbound_limit:
+                self.outbound_overflow()
+                return
+        elif size <= _SMALL_RESPONSE:
+            self.transport.writeSequence(chunks)
+            return
+        out.extend(chunks)
+        self._out_bytes += size
+        self._flush_out()
+
+    def _flush_out(self):
+        """
+        Hand queued chunks to the transport until it has enough.
+        """
+        out = self._out
+        write = self.transport.write
+        while out and not self.output_paused and not self._gone:
+            chunk = out.popleft()
+            self._out_bytes -= len(chunk)
+            write(chunk)
+
+    def output_held(self):
+        """
+        Bytes of responses waiting in this connection for the transport
+        (what the transport itself buffers is not counted).
+        """
+        return self._out_bytes
+
+    def resumeProducing(self):
+        # The transport wrote what it had: go on with the waiting output,
+        # then with the responses and fetches behind it.
+        self.output_paused = False
+        if self._out:
+            self._flush_out()
+            if self.output_paused:
+                return
+        FramedProtocol.resumeProducing(self)
+        if self.queue:
+            self._drain()
+        elif self.closing and not self._gone:
+            self.transport.loseConnection()
 
     # ApiVersions, Metadata, cluster
 
@@ -546,32 +661,31 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                 else:
                     errors_found = True
                 parts.append((index, p, fp["fetch_offset"], fp["partition_max_bytes"]))
-        max_bytes = body["max_bytes"]
-        response, total, failed = self._fetch_read(plan, max_bytes)
-        min_bytes = body["min_bytes"]
         max_wait = body["max_wait_ms"]
-        if (total >= min_bytes or max_wait <= 0 or errors_found or failed
-                or not waiting_on or self.closing):
-            return response
+        fetch = _Fetch(self, plan, min(body["max_bytes"], self.fetch_max_bytes),
+                       body["min_bytes"], waiting_on,
+                       self.reactor.seconds() + max_wait / 1000.0)
+        if max_wait <= 0 or errors_found or not waiting_on:
+            fetch.final = True
+        if not self.queue and not self._out and not self.output_paused:
+            response = fetch.turn()
+            if response is not None:
+                return response
+        # Read when its turn comes, or when enough data arrived.
         slot = self.open_slot(header)
-
-        def answer():
-            self.waiters.discard(waiter)
-            if self._gone:
-                slot[3] = {}
-                self._drain()
-                return
-            self.fill_slot(slot, self._fetch_read(plan, max_bytes)[0])
-
-        waiter = FetchWaiter(waiting_on, min_bytes - total, answer)
-        self.waiters.add(waiter)
-        waiter.start(self.reactor, max_wait / 1000.0)
+        slot[4] = fetch
         return _LATER
 
     def _fetch_read(self, plan, max_bytes):
         """
         Read every partition of a fetch. C{plan} lists C{(topic name, topic
         id, error code of a missing partition, partitions)}.
+
+        At most C{max_bytes} of records are read, and at most each
+        partition's C{partition_max_bytes} from it, except that the first
+        record batch of the first partition that has data is returned
+        whatever its size, as Kafka does, so that a consumer never gets
+        stuck behind a large batch.
 
         @return: C{(response, bytes read, whether a partition failed)}.
         """
@@ -601,11 +715,14 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                     code = errors.OFFSET_OUT_OF_RANGE
                     failed = True
                 elif offset < latest and budget > 0:
-                    code, chunks = broker.read(p, offset, min(pmax, budget))
-                    for c in chunks:
-                        n = len(c)
-                        total += n
-                        budget -= n
+                    limit = min(pmax, budget)
+                    code, chunks, n = self._read_records(p, offset, limit, latest)
+                    if n > limit and total:
+                        # Only the first batch of the response may go over.
+                        chunks = []
+                        n = 0
+                    total += n
+                    budget -= n
                 out.append({"partition_index": index, "error_code": code,
                             "high_watermark": latest, "last_stable_offset": latest,
                             "log_start_offset": earliest, "aborted_transactions": None,
@@ -613,6 +730,42 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                             "records": chunks if chunks else b""})
         return {"throttle_time_ms": 0, "error_code": errors.NONE, "session_id": 0,
                 "responses": responses}, total, failed
+
+    def _read_records(self, p, offset, limit, latest):
+        """
+        Read record batches of partition C{p} from C{offset}: at most
+        C{limit} bytes, or the first batch alone when it is larger; in
+        pieces of at most L{_READ_PIECE} bytes.
+
+        @return: C{(error code, chunks, bytes)}.
+        """
+        read = self.broker.read
+        chunks = []
+        n = 0
+        while True:
+            left = limit - n
+            want = min(left, _READ_PIECE)
+            code, more = read(p, offset, max(want, 1))
+            size = 0
+            for c in more:
+                size += len(c)
+            if chunks and size > left:
+                # The next batch does not fit.
+                return errors.NONE, chunks, n
+            chunks.extend(more)
+            n += size
+            if code or not more or want == left or n >= limit:
+                return code, chunks, n
+            # Only the piece was full: go on after its last batch.
+            last = more[-1]
+            pos = 0
+            end = len(last)
+            while pos < end:
+                base, length = _BATCH_HEAD.unpack_from(last, pos)
+                offset = base + _BATCH_LAST_DELTA.unpack_from(last, pos + 23)[0] + 1
+                pos += length + 12
+            if offset >= latest:
+                return code, chunks, n
 
     # ListOffsets
 
@@ -1277,7 +1430,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         self.pause_reading("closing")
         for waiter in list(self.waiters):
             waiter.fire()
-        if not self.queue:
+        if not self.queue and not self._out:
             self.transport.loseConnection()
 
     def connection_closed(self, reason):
@@ -1285,7 +1438,66 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         for waiter in list(self.waiters):
             waiter.fire()
         self.waiters.clear()
+        # Let go of the output at once: the bound handlers make this
+        # protocol part of a reference cycle, and its transport (with what
+        # it still buffered for the client) would otherwise stay in memory
+        # until the garbage collector's next full collection.
         self.queue.clear()
+        self._out.clear()
+        dropped = self._out_bytes
+        self._out_bytes = 0
+        self.handlers = None
+        self.broker.output_dropped(dropped)
+
+
+class _Fetch:
+    """
+    A fetch request not answered at once: it waits for its turn in the
+    response queue or for data (a L{FetchWaiter}), then reads.
+
+    @ivar final: answer with what there is at its turn, without waiting.
+    @ivar waiter: the L{FetchWaiter} while it waits for data, else L{None}.
+    """
+
+    __slots__ = ("proto", "plan", "max_bytes", "min_bytes", "partitions", "deadline",
+                 "final", "waiter")
+
+    def __init__(self, proto, plan, max_bytes, min_bytes, partitions, deadline):
+        self.proto = proto
+        self.plan = plan
+        self.max_bytes = max_bytes
+        self.min_bytes = min_bytes
+        self.partitions = partitions
+        self.deadline = deadline
+        self.final = False
+        self.waiter = None
+
+    def turn(self):
+        """
+        Read now.
+
+        @return: the response body, or L{None} when there is not enough data
+            yet and it now waits for more (until its deadline).
+        """
+        proto = self.proto
+        response, total, failed = proto._fetch_read(self.plan, self.max_bytes)
+        if self.final or total >= self.min_bytes or failed or proto.closing:
+            return response
+        remaining = self.deadline - proto.reactor.seconds()
+        if remaining <= 0:
+            return response
+        # The records read are dropped: they are read again when it is
+        # answered.
+        self.waiter = FetchWaiter(self.partitions, self.min_bytes - total, self.ready)
+        proto.waiters.add(self.waiter)
+        self.waiter.start(proto.reactor, remaining)
+        return None
+
+    def ready(self):
+        self.proto.waiters.discard(self.waiter)
+        self.waiter = None
+        self.final = True
+        self.proto._drain()
 
 
 class _ProduceState:
