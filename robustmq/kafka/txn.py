@@ -9,7 +9,8 @@ The coordinator keeps one record per transactional id in the metadata store
 (namespace C{kafka.txn}): producer id and epoch, timeout, state, the
 partitions and consumer groups of the current transaction and the offsets
 committed in it. A record is written before the request that changed it is
-answered, so after a crash:
+answered (EndTxn: the prepare state; the markers are stored before the
+answer too, the complete state written after it), so after a crash:
 
   - a transaction that was being committed or aborted (C{PrepareCommit},
     C{PrepareAbort}) is finished: its markers are written again (a marker
@@ -591,7 +592,8 @@ class TransactionCoordinator:
         """
         Commit or abort the transaction of C{txn}: the prepare state is
         written, then a marker to each of its partitions, then (commit) its
-        offsets to their groups, then the complete state.
+        offsets to their groups; then the complete state is written, and the
+        Deferred fires without waiting for that write.
 
         @return: a Deferred firing with C{(error_code,)}.
         """
@@ -620,11 +622,16 @@ class TransactionCoordinator:
                 consumeErrors=True)
 
         def completed(_):
+            # Answered without waiting for this write: the markers and
+            # offsets are stored, and after a crash before it the
+            # transaction is completed again (a marker for a producer with
+            # no open transaction in a partition changes nothing).
             txn.state = COMPLETE_COMMIT if commit else COMPLETE_ABORT
             txn.partitions = {}
             txn.groups = {}
             txn.start_ms = -1
-            return self._save(txn)
+            self._save(txn).addErrback(
+                lambda f: self.log.failure("kafka: cannot write the transaction state", f))
 
         def done(_):
             txn.completing = False
