@@ -168,6 +168,44 @@ class TransactionClientTests(RealBrokerTestCase):
 
         return deferToThread(run).addCallback(check)
 
+    def test_coordinator_aborts_after_timeout(self):
+        """
+        A transaction open longer than its transaction.timeout.ms is
+        aborted by the coordinator, which bumps the epoch: the producer's
+        commit fails with librdkafka's fatal fencing error (as against
+        Kafka), a new producer of the id carries on, and read_committed
+        never sees the timed-out record.
+        """
+        def run():
+            _create(self.bootstrap, "tto")
+            p = _producer(self.bootstrap, "tto-1", **{"transaction.timeout.ms": 1500})
+            p.init_transactions(10)
+            p.begin_transaction()
+            p.produce("tto", value=b"late")
+            p.flush(10)
+            deadline = time.monotonic() + 20
+            while _stable_offset(self.bootstrap, "tto") == 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            error = None
+            try:
+                p.commit_transaction(10)
+            except KafkaException as e:
+                error = e.args[0]
+            fresh = _producer(self.bootstrap, "tto-1")
+            fresh.init_transactions(10)
+            fresh.begin_transaction()
+            fresh.produce("tto", value=b"next")
+            fresh.commit_transaction(10)
+            return error, _values(self.bootstrap, "tto", 1)
+
+        def check(result):
+            error, values = result
+            self.assertIsNotNone(error)
+            self.assertTrue(error.fatal(), error)
+            self.assertEqual(values, [b"next"])
+
+        return deferToThread(run).addCallback(check)
+
     def test_consume_transform_produce(self):
         """
         Consume-transform-produce with send_offsets_to_transaction: the
