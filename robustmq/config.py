@@ -1018,6 +1018,24 @@ class KafkaRuntimeConfig(RuntimeConfig):
         " capped by network.outbound_buffer_bytes.",
         57671680,
     )
+    transaction_max_timeout_ms: int = setting(
+        Integer(minimum=1),
+        "Longest transaction timeout a transactional producer may ask for"
+        " (INVALID_TRANSACTION_TIMEOUT beyond).",
+        900000,
+    )
+    max_transactional_ids: int = setting(
+        Integer(minimum=1),
+        "Transactional ids the transaction coordinator keeps at once (a new one is"
+        " refused with COORDINATOR_NOT_AVAILABLE beyond).",
+        100000,
+    )
+    transactional_id_expiration_ms: int = setting(
+        Integer(minimum=1000),
+        "Milliseconds after its last transaction that an idle transactional id is"
+        " forgotten.",
+        604800000,
+    )
 
 
 @frozen(kw_only=True)

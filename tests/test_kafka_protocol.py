@@ -941,12 +941,6 @@ class IdempotenceTests(KafkaTestCase):
         r = self.send(idempotent_batch([b"b"], pid, epoch + 1, 0))
         self.assertEqual(r["error_code"], 0)
 
-    def test_transactional_refused(self):
-        body = self.c.call(INIT_PRODUCER_ID, 4, {"transactional_id": "tx",
-                                                 "transaction_timeout_ms": 1000,
-                                                 "producer_id": -1, "producer_epoch": -1})
-        self.assertEqual(body["error_code"], errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
-
     def test_state_rebuilt_from_log(self):
         """
         After a restart without a snapshot (a crash), the state is rebuilt

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from robustmq.kafka import errors
 from robustmq.kafka.acl import KafkaAcl
 from robustmq.kafka.producers import ProducerStates
+from robustmq.kafka.txn import TransactionCoordinator
 from robustmq.storage.errors import OffsetOutOfRange, StorageError, UnknownShard
 
 TOPICS_NS = "kafka.topics"
@@ -83,9 +84,11 @@ class Partition:
     One partition of a topic: its shard and the fetches waiting for it.
 
     @ivar waiters: L{FetchWaiter}s to wake when data is appended.
+    @ivar txn: the L{robustmq.kafka.txn.TxnIndex} of a partition that has
+        had transactions, else L{None}.
     """
 
-    __slots__ = ("topic", "index", "shard", "waiters", "deleted")
+    __slots__ = ("topic", "index", "shard", "waiters", "deleted", "txn")
 
     def __init__(self, topic, index):
         self.topic = topic
@@ -93,6 +96,7 @@ class Partition:
         self.shard = shard_name(topic.name, index)
         self.waiters = set()
         self.deleted = False
+        self.txn = None
 
 
 class Topic:
@@ -180,6 +184,7 @@ class KafkaBroker:
         self.loaded = False
         self.cluster_id = None
         self.producers = ProducerStates(self)
+        self.txn = TransactionCoordinator(self)
         self.groups = None
         self._snapshot_loop = None
         self.acl = KafkaAcl(params.authorizer, params.meta, params.config.max_acls)
@@ -216,6 +221,7 @@ class KafkaBroker:
                 continue
             self._add_topic(topic, count)
         self.producers.load()
+        self.txn.load()
         self.acl.load()
         if self.topics:
             self.log.info("kafka: {n} topics loaded", n=len(self.topics))
@@ -233,6 +239,7 @@ class KafkaBroker:
         if self._trim_call is not None and self._trim_call.active():
             self._trim_call.cancel()
         self._trim_call = None
+        self.txn.stop()
         if self.groups is not None:
             self.groups.stop()
         if not self.loaded:

@@ -19,6 +19,7 @@ from twisted.internet.defer import gatherResults, succeed
 from twisted.logger import Logger
 
 from robustmq.kafka import errors
+from robustmq.kafka.txn import TxnIndex
 
 SNAPSHOT_NS = "kafka.producers"
 BLOCK_KEY = "producer_id_block"
@@ -34,6 +35,7 @@ _HEAD = struct.Struct(">qi")
 _ATTR_DELTA = struct.Struct(">hi")
 _PRODUCER = struct.Struct(">qhi")
 _CONTROL = 0x20
+_TRANSACTIONAL = 0x10
 _REPLAY_CHUNK = 4 * 1024 * 1024
 
 
@@ -90,7 +92,7 @@ class ProducerStates:
         highest = -1
         for topic in list(self.broker.topics.values()):
             for p in topic.partitions:
-                highest = max(highest, self._load_shard(p.shard))
+                highest = max(highest, self._load_shard(p.shard, p))
         if highest >= self.next_id:
             self.next_id = self.block_end = highest + 1
 
@@ -215,15 +217,19 @@ class ProducerStates:
                         str(pid): [s.epoch, s.batches] for pid, s in states.items()
                     },
                 }
+                if p.txn is not None:
+                    p.txn.prune(storage.earliest_offset(shard))
+                    value["txn"] = p.txn.to_meta()
                 self._saved[shard] = latest
                 ds.append(self.meta.put(SNAPSHOT_NS, shard, value))
         if not ds:
             return succeed(None)
         return gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
 
-    def _load_shard(self, shard):
+    def _load_shard(self, shard, partition=None):
         """
-        The state of one partition: snapshot plus replay.
+        The state of one partition: snapshot plus replay; with the
+        L{TxnIndex} of C{partition} (its open and aborted transactions).
 
         @return: the highest producer id seen.
         """
@@ -232,11 +238,14 @@ class ProducerStates:
         latest = storage.latest_offset(shard)
         start = earliest
         states = {}
+        index = TxnIndex()
         snapshot = self.meta.get(SNAPSHOT_NS, shard)
         if isinstance(snapshot, dict):
             offset = snapshot.get("offset", -1)
             if isinstance(offset, int) and earliest <= offset <= latest:
                 start = offset
+                if "txn" in snapshot:
+                    index = TxnIndex.from_meta(snapshot["txn"])
                 for pid, (epoch, batches) in snapshot.get("producers", {}).items():
                     state = ProducerState(epoch)
                     state.batches = [list(b) for b in batches]
@@ -261,11 +270,15 @@ class ProducerStates:
                 if pid >= 0 and not attributes & _CONTROL:
                     self.record(shard, pid, epoch, seq, delta, base)
                     highest = max(highest, pid)
+                if attributes & _TRANSACTIONAL:
+                    index.replay(batch, 0, base, attributes, pid)
                 replayed += 1
                 offset = nxt
             if offset == before:
                 break
         self._saved[shard] = latest if start == latest else None
+        if partition is not None:
+            partition.txn = index if index else None
         if replayed:
             self.log.info(
                 "kafka: producer state of {shard} rebuilt from {n} batches",

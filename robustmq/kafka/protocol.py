@@ -32,12 +32,17 @@ from robustmq.kafka.acl import (
 from robustmq.kafka.broker import FetchWaiter
 from robustmq.kafka.producers import batch_producer
 from robustmq.kafka.sasl import SaslServer, mechanisms_of
+from robustmq.kafka.txn import STATES, cut_at, index_of
 from robustmq.network.protocol import FrameError, FramedProtocol
 from robustmq.storage.errors import InvalidBatch, StorageError
 
 _SIZE = struct.Struct(">i")
 _BATCH_HEAD = struct.Struct(">qi")
 _MAGIC_POS = 16
+# The low byte of a batch's attributes: bit 4 transactional, bit 5 control.
+_ATTRIBUTES_LOW = 22
+_TRANSACTIONAL_BIT = 0x10
+_CONTROL_BIT = 0x20
 _MIN_BATCH = 61
 
 #: The APIs served and the versions advertised in ApiVersions: only those
@@ -61,6 +66,10 @@ SERVED_VERSIONS = {
     19: (0, 7),    # CreateTopics
     20: (0, 6),    # DeleteTopics
     22: (0, 5),    # InitProducerId
+    24: (0, 3),    # AddPartitionsToTxn (v4+: between brokers)
+    25: (0, 4),    # AddOffsetsToTxn
+    26: (0, 4),    # EndTxn (v5: KIP-890 epoch per transaction, not served)
+    28: (0, 4),    # TxnOffsetCommit
     29: (0, 3),    # DescribeAcls
     30: (0, 3),    # CreateAcls
     31: (0, 3),    # DeleteAcls
@@ -69,6 +78,8 @@ SERVED_VERSIONS = {
     37: (0, 3),    # CreatePartitions
     42: (0, 2),    # DeleteGroups
     60: (0, 1),    # DescribeCluster
+    65: (0, 0),    # DescribeTransactions
+    66: (0, 1),    # ListTransactions
 }
 SERVED_VERSIONS.update(ADMIN_VERSIONS)
 
@@ -181,6 +192,10 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             19: self.handle_create_topics,
             20: self.handle_delete_topics,
             22: self.handle_init_producer_id,
+            24: self.handle_add_partitions_to_txn,
+            25: self.handle_add_offsets_to_txn,
+            26: self.handle_end_txn,
+            28: self.handle_txn_offset_commit,
             29: self.handle_describe_acls,
             30: self.handle_create_acls,
             31: self.handle_delete_acls,
@@ -189,6 +204,8 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             37: self.handle_create_partitions,
             42: self.handle_delete_groups,
             60: self.handle_describe_cluster,
+            65: self.handle_describe_transactions,
+            66: self.handle_list_transactions,
         }
         self.handlers.update(self.admin_handlers())
 
@@ -570,6 +587,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         producers = broker.producers
         max_batch = self.config.max_message_bytes
         state = _ProduceState(self, header, acks)
+        tid = body["transactional_id"]
         responses = []
         for t in body["topic_data"]:
             name = t["name"]
@@ -588,9 +606,6 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                       "log_append_time_ms": -1, "log_start_offset": -1,
                       "record_errors": [], "error_message": None}
                 partitions.append(pr)
-                if body["transactional_id"] is not None:
-                    pr["error_code"] = errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
-                    continue
                 if acks not in (0, 1, -1):
                     pr["error_code"] = errors.INVALID_REQUIRED_ACKS
                     continue
@@ -608,7 +623,13 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                     continue
                 shard = partition.shard
                 if pid_info is not None:
-                    pid, epoch, seq, delta = pid_info
+                    pid, epoch, seq, delta, transactional = pid_info
+                    if transactional:
+                        code = (broker.txn.check_produce(tid, pid, epoch, shard)
+                                if tid is not None else errors.INVALID_RECORD)
+                        if code:
+                            pr["error_code"] = code
+                            continue
                     code, dup = producers.check(shard, pid, epoch, seq, delta)
                     if code:
                         pr["error_code"] = code
@@ -625,6 +646,8 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                 pr["base_offset"] = base
                 if pid_info is not None:
                     producers.record(shard, pid, epoch, seq, delta, base)
+                    if transactional:
+                        index_of(partition).begin(pid, base)
                 state.wait(d, pr, shard, pid_info, base)
         state.response = {"responses": responses, "throttle_time_ms": 0}
         return state.finish()
@@ -664,7 +687,8 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         max_wait = body["max_wait_ms"]
         fetch = _Fetch(self, plan, min(body["max_bytes"], self.fetch_max_bytes),
                        body["min_bytes"], waiting_on,
-                       self.reactor.seconds() + max_wait / 1000.0)
+                       self.reactor.seconds() + max_wait / 1000.0,
+                       body["isolation_level"] == 1)
         if max_wait <= 0 or errors_found or not waiting_on:
             fetch.final = True
         if not self.queue and not self._out and not self.output_paused:
@@ -676,10 +700,12 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         slot[4] = fetch
         return _LATER
 
-    def _fetch_read(self, plan, max_bytes):
+    def _fetch_read(self, plan, max_bytes, committed=False):
         """
         Read every partition of a fetch. C{plan} lists C{(topic name, topic
-        id, error code of a missing partition, partitions)}.
+        id, error code of a missing partition, partitions)}. C{committed}:
+        read_committed, up to the last stable offset of each partition, with
+        its aborted transactions.
 
         At most C{max_bytes} of records are read, and at most each
         partition's C{partition_max_bytes} from it, except that the first
@@ -709,11 +735,26 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                 shard = p.shard
                 earliest = storage.earliest_offset(shard)
                 latest = storage.latest_offset(shard)
+                txn = p.txn
+                stable = latest if txn is None else txn.lso(latest)
+                aborted = None
                 code = errors.NONE
                 chunks = []
                 if offset < earliest or offset > latest:
                     code = errors.OFFSET_OUT_OF_RANGE
                     failed = True
+                elif committed and txn is not None:
+                    # read_committed: up to the last stable offset.
+                    if offset < stable and budget > 0:
+                        limit = min(pmax, budget)
+                        code, chunks, n = self._read_records(p, offset, limit, stable)
+                        chunks, n = cut_at(chunks, stable)
+                        if n > limit and total:
+                            chunks = []
+                            n = 0
+                        total += n
+                        budget -= n
+                        aborted = txn.aborted_between(offset, stable)
                 elif offset < latest and budget > 0:
                     limit = min(pmax, budget)
                     code, chunks, n = self._read_records(p, offset, limit, latest)
@@ -724,8 +765,8 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                     total += n
                     budget -= n
                 out.append({"partition_index": index, "error_code": code,
-                            "high_watermark": latest, "last_stable_offset": latest,
-                            "log_start_offset": earliest, "aborted_transactions": None,
+                            "high_watermark": latest, "last_stable_offset": stable,
+                            "log_start_offset": earliest, "aborted_transactions": aborted,
                             "preferred_read_replica": -1,
                             "records": chunks if chunks else b""})
         return {"throttle_time_ms": 0, "error_code": errors.NONE, "session_id": 0,
@@ -798,7 +839,11 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                     r["error_code"] = errors.UNSUPPORTED_VERSION
                     continue
                 elif ts == -1:
-                    found = storage.latest_offset(shard), -1
+                    p = topic.partitions[index]
+                    latest = storage.latest_offset(shard)
+                    if p.txn is not None and version >= 2 and body["isolation_level"] == 1:
+                        latest = p.txn.lso(latest)
+                    found = latest, -1
                 elif ts == -2 or ts == -4:
                     # Earliest, and earliest local (no tiered storage here).
                     found = storage.earliest_offset(shard), -1
@@ -1053,10 +1098,6 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
     # idempotent producers
 
     def handle_init_producer_id(self, version, body, header):
-        if body["transactional_id"] is not None:
-            return {"throttle_time_ms": 0,
-                    "error_code": errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-                    "producer_id": -1, "producer_epoch": -1}
         acl = self.acl
         if not acl.open and not acl.authorize_idempotent(self.user, self.peer_host):
             self.log.info("kafka {peer}: user {user} may not write idempotently",
@@ -1064,6 +1105,15 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             self.broker.acl_denied.labels(WRITE).inc()
             return {"throttle_time_ms": 0, "error_code": errors.CLUSTER_AUTHORIZATION_FAILED,
                     "producer_id": -1, "producer_epoch": -1}
+        tid = body["transactional_id"]
+        if tid is not None:
+            d = self.broker.txn.init_producer_id(
+                tid, body["transaction_timeout_ms"],
+                body["producer_id"] if version >= 3 else -1,
+                body["producer_epoch"] if version >= 3 else -1)
+            return self._txn_answer(header, d, lambda r: {
+                "throttle_time_ms": 0, "error_code": _fenced(r[0], version, 4),
+                "producer_id": r[1], "producer_epoch": r[2]})
         producers = self.broker.producers
         pid = body["producer_id"]
         if pid >= 0:
@@ -1086,6 +1136,158 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         d.addErrback(failed)
         d.addBoth(lambda _: self.fill_slot(slot, response))
         return _LATER
+
+    # transactions
+
+    def _txn_answer(self, header, d, build):
+        """
+        The response built from what C{d} fires with: at once when it has
+        fired, else later in this request's slot.
+        """
+        done = []
+        d.addCallback(done.append)
+        if done:
+            return build(done[0])
+        slot = self.open_slot(header)
+
+        def failed(f):
+            self.log.failure("kafka: transaction request failed", f)
+            return codec.error_response(header["request_api_key"],
+                                        header["request_api_version"],
+                                        errors.UNKNOWN_SERVER_ERROR)
+
+        d.addCallbacks(lambda _: build(done[0]), failed)
+        d.addCallback(lambda body: self.fill_slot(slot, body))
+        return _LATER
+
+    def handle_add_partitions_to_txn(self, version, body, header):
+        broker = self.broker
+        results = []
+        wanted = []
+        refused = None
+        for t in body["v3_and_below_topics"]:
+            name = t["name"]
+            out = []
+            results.append({"name": name, "results_by_partition": out})
+            topic = broker.topics.get(name)
+            denied = not self.allowed(WRITE, TOPIC, name)
+            for index in t["partitions"]:
+                r = {"partition_index": index, "partition_error_code": errors.NONE}
+                out.append(r)
+                if denied:
+                    r["partition_error_code"] = refused = errors.TOPIC_AUTHORIZATION_FAILED
+                elif topic is None or not 0 <= index < len(topic.partitions):
+                    r["partition_error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
+                    refused = refused or errors.UNKNOWN_TOPIC_OR_PARTITION
+                else:
+                    wanted.append((topic.partitions[index].shard, name, index))
+
+        def build(code):
+            for t in results:
+                for r in t["results_by_partition"]:
+                    if refused is None:
+                        r["partition_error_code"] = code
+                    elif r["partition_error_code"] == errors.NONE:
+                        r["partition_error_code"] = errors.OPERATION_NOT_ATTEMPTED
+            return {"throttle_time_ms": 0, "results_by_topic_v3_and_below": results}
+
+        if refused is not None or not wanted:
+            return build(errors.NONE)
+        d = broker.txn.add_partitions(
+            body["v3_and_below_transactional_id"], body["v3_and_below_producer_id"],
+            body["v3_and_below_producer_epoch"], wanted)
+        return self._txn_answer(header, d, lambda r: build(_fenced(r[0], version, 2)))
+
+    def handle_add_offsets_to_txn(self, version, body, header):
+        if not self.allowed(READ, GROUP, body["group_id"]):
+            return {"throttle_time_ms": 0, "error_code": errors.GROUP_AUTHORIZATION_FAILED}
+        d = self.broker.txn.add_offsets(body["transactional_id"], body["producer_id"],
+                                        body["producer_epoch"], body["group_id"])
+        return self._txn_answer(header, d, lambda r: {
+            "throttle_time_ms": 0, "error_code": _fenced(r[0], version, 2)})
+
+    def handle_end_txn(self, version, body, header):
+        d = self.broker.txn.end(body["transactional_id"], body["producer_id"],
+                                body["producer_epoch"], body["committed"])
+        return self._txn_answer(header, d, lambda r: {
+            "throttle_time_ms": 0, "error_code": _fenced(r[0], version, 2),
+            "producer_id": -1, "producer_epoch": -1})
+
+    def handle_txn_offset_commit(self, version, body, header):
+        broker = self.broker
+        group_id = body["group_id"]
+        code = errors.NONE
+        if not self.allowed(READ, GROUP, group_id):
+            code = errors.GROUP_AUTHORIZATION_FAILED
+        elif version >= 3 and (body["generation_id"] >= 0 or body["member_id"]):
+            code = broker.groups.check_commit(group_id, body["generation_id"],
+                                              body["member_id"], body["group_instance_id"])
+        topics = []
+        commits = {}
+        for t in body["topics"]:
+            name = t["name"]
+            topic = broker.topics.get(name)
+            denied = not code and not self.allowed(READ, TOPIC, name)
+            out = []
+            topics.append({"name": name, "partitions": out})
+            for cp in t["partitions"]:
+                index = cp["partition_index"]
+                r = {"partition_index": index, "error_code": code}
+                out.append(r)
+                if code:
+                    continue
+                if denied:
+                    r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+                elif topic is None or not 0 <= index < len(topic.partitions):
+                    r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
+                else:
+                    commits[topic.partitions[index].shard] = (
+                        cp["committed_offset"], cp["committed_metadata"] or "")
+        response = {"throttle_time_ms": 0, "topics": topics}
+        if not commits:
+            return response
+
+        def build(r):
+            code = _fenced(r[0], version, 3)
+            for t in topics:
+                for p in t["partitions"]:
+                    if p["error_code"] == errors.NONE:
+                        p["error_code"] = code
+            return response
+
+        d = broker.txn.offset_commit(body["transactional_id"], body["producer_id"],
+                                     body["producer_epoch"], group_id, commits)
+        return self._txn_answer(header, d, build)
+
+    def _may_describe_transactions(self):
+        # Transactional-id ACLs are not served: describing transactions
+        # needs describe on the cluster once Kafka ACLs are in use.
+        return self.acl.open or self.allowed(DESCRIBE, CLUSTER, CLUSTER_NAME)
+
+    def handle_describe_transactions(self, version, body, header):
+        txn = self.broker.txn
+        ok = self._may_describe_transactions()
+        out = []
+        for tid in body["transactional_ids"]:
+            d = txn.describe(tid)
+            if not ok:
+                d = txn.describe(None)
+                d.update(transactional_id=tid,
+                         error_code=errors.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            out.append(d)
+        return {"throttle_time_ms": 0, "transaction_states": out}
+
+    def handle_list_transactions(self, version, body, header):
+        if not self._may_describe_transactions():
+            return {"throttle_time_ms": 0, "error_code": errors.CLUSTER_AUTHORIZATION_FAILED,
+                    "unknown_state_filters": [], "transaction_states": []}
+        states = body["state_filters"]
+        unknown = [s for s in states if s not in STATES]
+        return {"throttle_time_ms": 0, "error_code": errors.NONE,
+                "unknown_state_filters": unknown,
+                "transaction_states": self.broker.txn.list(
+                    set(states), set(body["producer_id_filters"]),
+                    body["duration_filter"] if version >= 1 else -1)}
 
     # consumer groups
 
@@ -1460,15 +1662,17 @@ class _Fetch:
     """
 
     __slots__ = ("proto", "plan", "max_bytes", "min_bytes", "partitions", "deadline",
-                 "final", "waiter")
+                 "committed", "final", "waiter")
 
-    def __init__(self, proto, plan, max_bytes, min_bytes, partitions, deadline):
+    def __init__(self, proto, plan, max_bytes, min_bytes, partitions, deadline,
+                 committed=False):
         self.proto = proto
         self.plan = plan
         self.max_bytes = max_bytes
         self.min_bytes = min_bytes
         self.partitions = partitions
         self.deadline = deadline
+        self.committed = committed
         self.final = False
         self.waiter = None
 
@@ -1480,7 +1684,7 @@ class _Fetch:
             yet and it now waits for more (until its deadline).
         """
         proto = self.proto
-        response, total, failed = proto._fetch_read(self.plan, self.max_bytes)
+        response, total, failed = proto._fetch_read(self.plan, self.max_bytes, self.committed)
         if self.final or total >= self.min_bytes or failed or proto.closing:
             return response
         remaining = self.deadline - proto.reactor.seconds()
@@ -1563,6 +1767,16 @@ def _set_result(result, r):
     r["error_code"], r["error_message"] = result
 
 
+def _fenced(code, version, since):
+    """
+    PRODUCER_FENCED as requests older than KIP-588 (C{version < since})
+    know it: INVALID_PRODUCER_EPOCH.
+    """
+    if code == errors.PRODUCER_FENCED and version < since:
+        return errors.INVALID_PRODUCER_EPOCH
+    return code
+
+
 def _storage_error_code(e):
     if isinstance(e, InvalidBatch):
         return errors.CORRUPT_MESSAGE
@@ -1573,9 +1787,10 @@ def _check_batches(data, max_batch):
     """
     Check the framing of the record batches of one partition (the CRC is
     checked by storage) and read the producer of an idempotent batch.
+    Control batches are written by the broker only (INVALID_RECORD).
 
     @return: C{(error_code, (producer_id, epoch, base_sequence,
-        last_offset_delta) or None)}.
+        last_offset_delta, transactional) or None)}.
     """
     if data is None or len(data) < _MIN_BATCH:
         return errors.CORRUPT_MESSAGE, None
@@ -1594,15 +1809,18 @@ def _check_batches(data, max_batch):
             return errors.CORRUPT_MESSAGE, None
         if length > max_batch:
             return errors.MESSAGE_TOO_LARGE, None
+        if data[pos + _ATTRIBUTES_LOW] & _CONTROL_BIT:
+            return errors.INVALID_RECORD, None
         info = batch_producer(data, pos)
         if first is None:
             first = info
         delta_total += info[3] + 1
         count += 1
         pos += length
+    transactional = data[_ATTRIBUTES_LOW] & _TRANSACTIONAL_BIT
     if first[0] < 0:
-        return errors.NONE, None
-    return errors.NONE, (first[0], first[1], first[2], delta_total)
+        return (errors.INVALID_RECORD if transactional else errors.NONE), None
+    return errors.NONE, (first[0], first[1], first[2], delta_total, transactional)
 
 
 __all__ = ["KafkaProtocol", "SERVED_VERSIONS"]

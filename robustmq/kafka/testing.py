@@ -223,7 +223,9 @@ def main(argv=None):
     Run a broker with only a Kafka listener on 127.0.0.1 port 0 and write
     its port to C{PORT_FILE} once it serves clients.
 
-    Usage: C{python -m robustmq.kafka.testing DATA_DIR PORT_FILE [FSYNC_POLICY]}
+    Usage: C{python -m robustmq.kafka.testing DATA_DIR PORT_FILE [FSYNC_POLICY
+    [PORT]]} (an empty FSYNC_POLICY: the default; PORT: listen there rather
+    than on port 0, so a restarted broker is where clients left it).
     """
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -232,10 +234,14 @@ def main(argv=None):
 
     argv = sys.argv[1:] if argv is None else argv
     data_dir, port_file = argv[0], argv[1]
-    storage = {"fsync_policy": argv[2]} if len(argv) > 2 else {}
+    storage = {"fsync_policy": argv[2]} if len(argv) > 2 and argv[2] else {}
+    kafka_runtime = {}
+    if len(argv) > 3:
+        kafka_runtime["network"] = {
+            "listeners": ["tcp:{}:interface=127.0.0.1".format(int(argv[3]))]}
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    broker = BrokerServer(broker_config(data_dir, storage=storage), reactor=reactor,
-                          stop_reactor_on_request=True)
+    broker = BrokerServer(broker_config(data_dir, storage=storage, **kafka_runtime),
+                          reactor=reactor, stop_reactor_on_request=True)
 
     def ready(_):
         port = broker.node.bound_port("kafka", 0)
