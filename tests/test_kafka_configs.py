@@ -164,7 +164,7 @@ class DefinitionTests(SynchronousTestCase):
         """
         data = batch([b"a", b"b"], 1000) + batch([b"c"], 2000)
         check = ProduceCheck(True, LONG_MAX, LONG_MAX, None)
-        code, _, out, when = check.apply(memoryview(data), 123456789)
+        code, _, out, when, _ = check.apply(memoryview(data), 123456789)
         self.assertEqual((code, when), (errors.NONE, 123456789))
         headers = check_batches(out)
         self.assertEqual(len(headers), 2)
@@ -180,9 +180,17 @@ class DefinitionTests(SynchronousTestCase):
     def test_timestamp_bounds(self):
         check = ProduceCheck(False, 1000, 500, None)
         self.assertEqual(check.apply(batch([b"x"], 10000), 10200)[0], errors.NONE)
-        code, message, _, _ = check.apply(batch([b"x"], 8000), 10200)
+        code, _, _, _, bad = check.apply(batch([b"x"], 8000), 10200)
         self.assertEqual(code, errors.INVALID_TIMESTAMP)
-        self.assertIn("8000", message)
+        self.assertEqual(bad, [{"batch_index": 0, "batch_index_error_message":
+                                "Timestamp 8000 of message with offset 0 is out of range. The"
+                                " timestamp should be within [9200, 10700]"}])
+        # Every record is checked, not only the first and the largest.
+        mixed = encode_batch([Record(key=None, value=b"v", timestamp_ms=ts)
+                              for ts in (10000, 8000, 10100)], 0)
+        code, _, _, _, bad = check.apply(memoryview(mixed), 10200)
+        self.assertEqual(code, errors.INVALID_TIMESTAMP)
+        self.assertEqual([b["batch_index"] for b in bad], [1])
         self.assertEqual(check.apply(batch([b"x"], 10701), 10200)[0], errors.INVALID_TIMESTAMP)
         code = ProduceCheck(False, LONG_MAX, LONG_MAX, 100).apply(batch([b"x" * 200]), 0)[0]
         self.assertEqual(code, errors.RECORD_LIST_TOO_LARGE)

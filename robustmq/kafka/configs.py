@@ -19,6 +19,8 @@ import struct
 from crc32c import crc32c
 
 from robustmq.kafka import errors
+from robustmq.storage.errors import InvalidBatch, UnsupportedCompression
+from robustmq.storage.record import decode_batch
 
 # Config types, as DescribeConfigs v3+ numbers them.
 BOOLEAN, STRING, INT, SHORT, LONG, DOUBLE, LIST, CLASS, PASSWORD = range(1, 10)
@@ -507,8 +509,8 @@ class BrokerConfigs:
         """
         fixed = sorted(n for n in changes if n not in DYNAMIC_BROKER_CONFIGS)
         if fixed:
-            return errors.INVALID_REQUEST, "Cannot update these configs dynamically: Set({})".format(
-                ", ".join(fixed))
+            return (errors.INVALID_REQUEST,
+                    "Cannot update these configs dynamically: Set({})".format(", ".join(fixed)))
         for name, value in sorted(changes.items()):
             if value is None:
                 continue
@@ -595,8 +597,9 @@ def incremental(current, ops, defs):
                 new[name] = value
                 continue
             if defn.type != LIST:
-                return errors.INVALID_REQUEST, "Config value {} is not allowed for config key: {}".format(
-                    "append" if op == OP_APPEND else "subtract", name), None
+                return (errors.INVALID_REQUEST,
+                        "Config value {} is not allowed for config key: {}".format(
+                            "append" if op == OP_APPEND else "subtract", name), None)
             if value is None:
                 return errors.INVALID_REQUEST, "Null value not supported for : {}".format(
                     name), None
@@ -663,15 +666,20 @@ class ProduceCheck:
         Check (and with LogAppendTime, stamp) the record batches C{data}
         of one partition, whose framing was checked.
 
-        @return: C{(error code, message, data to store, log append time)}:
-            C{data} is a stamped copy with LogAppendTime.
+        With CreateTime and timestamp bounds every record is decoded and
+        checked, as Kafka does.
+
+        @return: C{(error code, message, data to store, log append time,
+            record errors)}: C{data} is a stamped copy with LogAppendTime;
+            the record errors (C{batch_index}: the record's offset delta)
+            name the records out of bounds.
         """
         size = len(data)
         if self.segment_bytes is not None and size > self.segment_bytes:
             return (errors.RECORD_LIST_TOO_LARGE,
                     "Message batch size is {} bytes in append to a partition, which exceeds"
                     " the maximum configured segment size of {}.".format(
-                        size, self.segment_bytes), None, -1)
+                        size, self.segment_bytes), None, -1, [])
         if self.log_append_time:
             out = bytearray(data)
             pos = 0
@@ -682,18 +690,29 @@ class ProduceCheck:
                 _TIMESTAMP.pack_into(out, pos + 35, now_ms)
                 _CRC.pack_into(out, pos + 17, crc32c(memoryview(out)[pos + 21:pos + length]))
                 pos += length
-            return errors.NONE, None, out, now_ms
+            return errors.NONE, None, out, now_ms, []
         low = now_ms - self.before_ms
         high = now_ms + self.after_ms
         pos = 0
+        bad = []
         while pos < size:
             length = _LENGTH.unpack_from(data, pos + 8)[0] + 12
-            first = _TIMESTAMP.unpack_from(data, pos + 27)[0]
-            largest = _TIMESTAMP.unpack_from(data, pos + 35)[0]
-            for ts in (first, largest):
+            try:
+                records = decode_batch(data, pos)
+            except UnsupportedCompression as e:
+                return errors.UNSUPPORTED_COMPRESSION_TYPE, str(e), None, -1, []
+            except InvalidBatch as e:
+                return errors.CORRUPT_MESSAGE, str(e), None, -1, []
+            for index, record in records:
+                ts = record.timestamp_ms
                 if ts >= 0 and not low <= ts <= high:
-                    return (errors.INVALID_TIMESTAMP,
-                            "Timestamp {} of a record is out of range. The timestamp should be"
-                            " within [{}, {}]".format(ts, low, high), None, -1)
+                    bad.append({
+                        "batch_index": index, "batch_index_error_message":
+                        "Timestamp {} of message with offset {} is out of range. The"
+                        " timestamp should be within [{}, {}]".format(ts, index, low, high)})
             pos += length
-        return errors.NONE, None, data, -1
+        if bad:
+            return (errors.INVALID_TIMESTAMP,
+                    "One or more records have been rejected due to invalid timestamp", None,
+                    -1, bad)
+        return errors.NONE, None, data, -1, []

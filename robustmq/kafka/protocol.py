@@ -606,10 +606,11 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, FramedProtocol):
                 if check is not None:
                     if now is None:
                         now = int(self.reactor.seconds() * 1000)
-                    code, message, data, pr["log_append_time_ms"] = check.apply(data, now)
+                    code, message, data, pr["log_append_time_ms"], bad = check.apply(data, now)
                     if code:
                         pr["error_code"] = code
                         pr["error_message"] = message
+                        pr["record_errors"] = bad
                         continue
                 shard = partition.shard
                 if pid_info is not None:
