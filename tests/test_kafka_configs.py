@@ -13,6 +13,8 @@ import struct
 import time
 
 from crc32c import crc32c
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
@@ -123,6 +125,9 @@ class DefinitionTests(SynchronousTestCase):
             ([("retention.mss", "1")], "Unknown topic config name: retention.mss"),
             ([("retention.ms", "-2")], "at least -1"),
             ([("retention.ms", "soon")], "not a number"),
+            ([("retention.ms", "1_000")], "not a number"),
+            ([("retention.ms", "\u0661\u0662")], "not a number"),
+            ([("min.cleanable.dirty.ratio", "nan")], "not a number"),
             ([("max.message.bytes", str(2 ** 31))], "32-bit"),
             ([("message.timestamp.type", "createtime")], "CreateTime"),
             ([("cleanup.policy", "delete,shred")], "delete and compact"),
@@ -194,6 +199,29 @@ class DefinitionTests(SynchronousTestCase):
         self.assertEqual(check.apply(batch([b"x"], 10701), 10200)[0], errors.INVALID_TIMESTAMP)
         code = ProduceCheck(False, LONG_MAX, LONG_MAX, 100).apply(batch([b"x" * 200]), 0)[0]
         self.assertEqual(code, errors.RECORD_LIST_TOO_LARGE)
+
+
+class FuzzTests(SynchronousTestCase):
+    """
+    Any names, values and operations get an error code, never an exception.
+    """
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.tuples(
+        st.one_of(st.sampled_from(sorted(TOPIC_CONFIGS)), st.text(max_size=20)),
+        st.integers(0, 4),
+        st.one_of(st.none(), st.text(max_size=30),
+                  st.integers(-2 ** 70, 2 ** 70).map(str))), max_size=6))
+    def test_checks_never_raise(self, ops):
+        code, _, new = incremental({}, ops, TOPIC_CONFIGS)
+        if code == errors.NONE:
+            code, message, clean = check_topic_configs(sorted(new.items()))
+            self.assertIn(code, (errors.NONE, errors.INVALID_CONFIG))
+            if code == errors.NONE:
+                # A canonical value checks again to itself.
+                self.assertEqual(check_topic_configs(sorted(clean.items()))[2], clean)
+        else:
+            self.assertEqual(code, errors.INVALID_REQUEST)
 
 
 class ProtocolTests(SynchronousTestCase):
@@ -742,3 +770,56 @@ class ShardSettingsTests(TestCase):
 
     def test_sqlite(self):
         return self.check_driver("sqlite")
+
+
+class KafkaPythonAdminTests(RealBrokerTestCase):
+    try:
+        import kafka.admin  # noqa: F401
+    except ImportError:  # pragma: no cover
+        skip = "kafka-python is not installed"
+
+    @inlineCallbacks
+    def test_alter_describe(self):
+        """
+        kafka-python's admin client: create_topics with topic_configs,
+        alter_configs (IncrementalAlterConfigs, after checking with
+        DescribeConfigs that the key is dynamic) on a topic and on the
+        broker, describe_configs with synonyms, and an invalid value
+        refused with INVALID_CONFIG.
+        """
+        def scenario():
+            from kafka.admin import (
+                ConfigResource, ConfigResourceType, KafkaAdminClient, NewTopic,
+            )
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap)
+            try:
+                admin.create_topics([NewTopic("kp", 1, 1,
+                                              topic_configs={"retention.ms": "100000"})])
+                ok = admin.alter_configs([
+                    ConfigResource(ConfigResourceType.TOPIC, "kp",
+                                   configs={"retention.bytes": "5000"}),
+                    ConfigResource(ConfigResourceType.BROKER, "1",
+                                   configs={"message.max.bytes": "2000000"})])
+                bad = admin.alter_configs([ConfigResource(
+                    ConfigResourceType.TOPIC, "kp", configs={"retention.bytes": "x"})])
+                described = admin.describe_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, "kp")], include_synonyms=True)
+                return ok, bad, described["topic"]["kp"]
+            finally:
+                admin.close()
+
+        ok, bad, described = yield deferToThread(scenario)
+        self.assertEqual(ok, {"topic": {"kp": "OK"}, "broker": {"1": "OK"}})
+        self.assertIn("InvalidConfigurationError", bad["topic"]["kp"])
+        # The modified configs: the topic's own, and the broker's dynamic one.
+        self.assertEqual(sorted(described), ["max.message.bytes", "retention.bytes",
+                                             "retention.ms"])
+        self.assertEqual((described["max.message.bytes"]["value"],
+                          described["max.message.bytes"]["config_source"]),
+                         ("2000000", "DYNAMIC_BROKER_CONFIG"))
+        self.assertEqual(described["retention.bytes"]["synonyms"], [
+            {"name": "retention.bytes", "value": "5000", "source": "DYNAMIC_TOPIC_CONFIG"},
+            {"name": "log.retention.bytes", "value": "-1", "source": "STATIC_BROKER_CONFIG"},
+            {"name": "retention.bytes", "value": "-1", "source": "DEFAULT_CONFIG"}])
+        broker = kafka_service(self.broker).broker
+        self.assertEqual(broker.topics["kp"].max_batch, 2000000)

@@ -227,6 +227,11 @@ class KafkaBroker:
                                topic=name, value=value)
                 continue
             self._add_topic(topic, count)
+            if "compact" in str(topic.configs.get("cleanup.policy", "")):
+                self.log.warn(
+                    "kafka: topic {topic} has cleanup.policy={policy}: log compaction is not"
+                    " supported yet, its data is kept by retention only",
+                    topic=name, policy=topic.configs["cleanup.policy"])
         self.producers.load()
         self.acl.load()
         if self.topics:

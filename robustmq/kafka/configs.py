@@ -46,6 +46,10 @@ BROKER_CONFIGS_NS = "kafka.broker_configs"
 COMPACT_REFUSED = "log compaction is not supported yet"
 
 
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_DECIMAL = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+
+
 class ConfigValueError(ValueError):
     """
     A value a config does not take.
@@ -89,20 +93,18 @@ class ConfigDef:
         t = self.type
         s = text.strip()
         if t in (INT, LONG):
-            try:
-                v = int(s, 10)
-            except ValueError:
-                raise ConfigValueError("not a number") from None
+            if not _INTEGER.match(s):
+                raise ConfigValueError("not a number")
+            v = int(s, 10)
             limit = INT_MAX if t == INT else LONG_MAX
             if not -limit - 1 <= v <= limit:
                 raise ConfigValueError("out of the range of a {}".format(
                     "32-bit integer" if t == INT else "64-bit integer"))
             canonical = str(v)
         elif t == DOUBLE:
-            try:
-                v = float(s)
-            except ValueError:
-                raise ConfigValueError("not a number") from None
+            if not _DECIMAL.match(s):
+                raise ConfigValueError("not a number")
+            v = float(s)
             canonical = repr(v)
         elif t == BOOLEAN:
             low = s.lower()
