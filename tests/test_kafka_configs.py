@@ -768,6 +768,24 @@ class ShardSettingsTests(TestCase):
     def test_segment(self):
         return self.check_driver("segment")
 
+    @inlineCallbacks
+    def test_segment_ms(self):
+        """
+        A shard's own segment_ms rolls its active segment once it is that
+        old, whatever [storage] segment_ms says.
+        """
+        m = yield self.open(self.mktemp(), "segment")
+        m.create_shard("kafka/s/0", retention_ms=-1, retention_bytes=-1)
+        shard = m.drivers["segment"].shards["kafka/s/0"]
+        yield m.append_batch("kafka/s/0", bytearray(batch([b"a"])))
+        yield m.append_batch("kafka/s/0", bytearray(batch([b"b"])))
+        self.assertEqual(len(shard.segments), 1)
+        yield m.configure_shard("kafka/s/0", segment_ms=60000)
+        # The active segment is a minute old.
+        shard.active.created_ms -= 60000
+        yield m.append_batch("kafka/s/0", bytearray(batch([b"c"])))
+        self.assertEqual([s.base for s in shard.segments], [0, 2])
+
     def test_sqlite(self):
         return self.check_driver("sqlite")
 
