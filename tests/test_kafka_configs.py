@@ -418,6 +418,26 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual((pr["error_code"], pr["log_append_time_ms"]), (errors.NONE, -1))
         self.assertIsNone(self.broker.topics["small"].check)
 
+    def test_topic_stored_with_compact(self):
+        """
+        A topic an earlier version stored with cleanup.policy compact loads
+        (with a warning); an IncrementalAlterConfigs of it must drop compact.
+        """
+        meta = MemoryMeta()
+        meta.put("kafka.topics", "old", {"id": "00" * 16, "partitions": 1,
+                                         "configs": {"cleanup.policy": "compact"}})
+        h = Harness([], meta=meta)
+        c = h.client("a")
+        self.assertEqual(h.broker.topics["old"].configs, {"cleanup.policy": "compact"})
+        r = c.call(INCREMENTAL_ALTER_CONFIGS, 1, incremental_body(
+            [(TOPIC, "old", [("retention.ms", OP_SET, "1000")])]))
+        self.assertEqual(r["responses"][0]["error_code"], errors.INVALID_CONFIG)
+        r = c.call(INCREMENTAL_ALTER_CONFIGS, 1, incremental_body(
+            [(TOPIC, "old", [("retention.ms", OP_SET, "1000"),
+                             ("cleanup.policy", OP_DELETE, None)])]))
+        self.assertEqual(r["responses"][0]["error_code"], errors.NONE)
+        self.assertEqual(h.broker.topics["old"].configs, {"retention.ms": "1000"})
+
     def test_configs_survive_reload(self):
         meta = MemoryMeta()
         h = Harness([], meta=meta)
