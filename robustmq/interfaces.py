@@ -395,6 +395,22 @@ class IStorageDriverManager(Interface):
         periodically and when a segment rolls).
         """
 
+    def shard_settings(shard):
+        """
+        The own settings of shard C{shard}: a dict of C{retention_bytes},
+        C{retention_ms}, C{segment_bytes}, C{segment_ms} (L{None}: the
+        configured one).
+        """
+
+    def configure_shard(shard, **settings):
+        """
+        Change the own settings of shard C{shard} (those of
+        L{shard_settings}); they apply at once, and so does the shard's
+        retention.
+
+        @return: a Deferred firing once the settings are kept.
+        """
+
 
 class IOffsetManager(Interface):
     """

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from robustmq.kafka import errors
 from robustmq.kafka.acl import KafkaAcl
+from robustmq.kafka.configs import BrokerConfigs, ProduceCheck, check_topic_configs
 from robustmq.kafka.producers import ProducerStates
 from robustmq.kafka.txn import TransactionCoordinator
 from robustmq.storage.errors import OffsetOutOfRange, StorageError, UnknownShard
@@ -30,9 +31,6 @@ TOPICS_NS = "kafka.topics"
 BROKER_NS = "kafka"
 MAX_TOPIC_NAME = 249
 _LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
-
-#: The topic configs this broker understands.
-TOPIC_CONFIGS = ("retention.ms", "retention.bytes", "cleanup.policy", "max.message.bytes")
 
 #: Output dropped with a lost connection from which the memory it freed is
 #: handed back to the system at once.
@@ -102,15 +100,24 @@ class Partition:
 class Topic:
     """
     A topic: its id, partitions and configs.
+
+    @ivar configs: the configs set on the topic, name to value.
+    @ivar settings: the resolved L{robustmq.kafka.configs.Settings}.
+    @ivar max_batch: the largest record batch a produce may hold.
+    @ivar check: the L{ProduceCheck} of its produce requests, or L{None}.
     """
 
-    __slots__ = ("name", "topic_id", "partitions", "configs")
+    __slots__ = ("name", "topic_id", "partitions", "configs", "settings", "max_batch",
+                 "check")
 
     def __init__(self, name, topic_id, configs):
         self.name = name
         self.topic_id = topic_id
         self.partitions = []
         self.configs = configs
+        self.settings = None
+        self.max_batch = 0
+        self.check = None
 
     def to_meta(self):
         return {
@@ -188,6 +195,10 @@ class KafkaBroker:
         self.groups = None
         self._snapshot_loop = None
         self.acl = KafkaAcl(params.authorizer, params.meta, params.config.max_acls)
+        self.configs = BrokerConfigs(params.meta, self.node_id, params.config,
+                                     params.storage.config)
+        network = getattr(params.config, "network", None)
+        self.max_request_bytes = getattr(network, "max_frame_bytes", 1 << 31)
         self.acl_denied = params.metrics.counter(
             "kafka_acl_denied", "Kafka requests (per resource) refused by ACL", ("action",))
         #: Topic name to the partition count it will have once the shards
@@ -211,6 +222,7 @@ class KafkaBroker:
         if not self.cluster_id:
             self.cluster_id = _new_cluster_id()
             self.meta.put(BROKER_NS, "cluster_id", self.cluster_id)
+        self.configs.load()
         for name, value in self.meta.items(TOPICS_NS):
             try:
                 topic = Topic(name, bytes.fromhex(value["id"]), dict(value.get("configs", {})))
@@ -220,6 +232,11 @@ class KafkaBroker:
                                topic=name, value=value)
                 continue
             self._add_topic(topic, count)
+            if "compact" in str(topic.configs.get("cleanup.policy", "")):
+                self.log.warn(
+                    "kafka: topic {topic} has cleanup.policy={policy}: log compaction is not"
+                    " supported yet, its data is kept by retention only",
+                    topic=name, policy=topic.configs["cleanup.policy"])
         self.producers.load()
         self.txn.load()
         self.acl.load()
@@ -247,16 +264,93 @@ class KafkaBroker:
         return self.producers.save()
 
     def _retention(self, topic):
-        c = topic.configs
-        rb = c.get("retention.bytes")
-        rm = c.get("retention.ms")
-        rb = self.config.retention_bytes if rb is None else int(rb)
-        rm = self.config.retention_ms if rm is None else int(rm)
-        return rb, rm
+        s = topic.settings if topic.settings is not None else self._resolve(topic)
+        return s.retention_bytes, s.retention_ms
+
+    def _resolve(self, topic):
+        """
+        Resolve the configs of C{topic} into its settings and produce check.
+        """
+        try:
+            s = self.configs.settings(topic.configs)
+        except (KeyError, ValueError) as e:
+            self.log.error("kafka: bad configs of topic {topic}: {why}", topic=topic.name, why=e)
+            s = self.configs.settings({})
+        topic.settings = s
+        topic.max_batch = s.max_message_bytes
+        # RECORD_LIST_TOO_LARGE for an append over segment.bytes when a
+        # Kafka config sets it below the largest request ([storage]
+        # segment_bytes alone gives a big batch a segment of its own).
+        segment_limit = None
+        if (s.segment_bytes != self.storage.config.segment_bytes
+                and s.segment_bytes < self.max_request_bytes):
+            segment_limit = s.segment_bytes
+        topic.check = ProduceCheck.for_settings(s, segment_limit)
+        return s
+
+    def _shard_settings(self, s):
+        """
+        The storage settings of a topic's shards (the segment sizes of
+        [storage] are left to the driver).
+        """
+        sc = self.storage.config
+        return {"retention_bytes": s.retention_bytes, "retention_ms": s.retention_ms,
+                "segment_bytes": (None if s.segment_bytes == sc.segment_bytes
+                                  else s.segment_bytes),
+                "segment_ms": None if s.segment_ms == sc.segment_ms else s.segment_ms}
+
+    def _configure_shards(self, topic, partitions):
+        """
+        Give the shards of C{partitions} the settings of C{topic} where they
+        differ (kept by storage in the thread pool).
+        """
+        wanted = self._shard_settings(topic.settings)
+        storage = self.storage
+        for p in partitions:
+            if storage.has_shard(p.shard) and storage.shard_settings(p.shard) != wanted:
+                d = storage.configure_shard(p.shard, **wanted)
+                d.addErrback(lambda f, shard=p.shard: self.log.failure(
+                    "kafka: cannot apply the configs of {shard}", f, shard=shard))
+
+    def apply_configs(self, topic):
+        """
+        Resolve the configs of C{topic} again and apply them to its
+        partitions' shards (retention at once).
+        """
+        self._resolve(topic)
+        self._configure_shards(topic, topic.partitions)
+
+    def alter_topic_configs(self, topic, configs):
+        """
+        Replace the configs of C{topic} (checked already) and apply them.
+
+        @return: a Deferred firing once they are in the metadata store.
+        """
+        topic.configs = configs
+        self.apply_configs(topic)
+        d = self.meta.put(TOPICS_NS, topic.name, topic.to_meta())
+        self.log.info("kafka: configs of topic {topic} are now {configs}", topic=topic.name,
+                      configs=configs)
+        return d
+
+    def alter_broker_configs(self, resource_name, values):
+        """
+        Replace the dynamic configs of a broker resource (checked already)
+        and apply them to every topic.
+
+        @return: a Deferred firing once they are in the metadata store.
+        """
+        ds = self.configs.apply_broker_changes(resource_name, values)
+        for topic in list(self.topics.values()):
+            self.apply_configs(topic)
+        self.log.info("kafka: dynamic configs of broker {name!r} are now {values}",
+                      name=resource_name, values=values)
+        return gatherResults(ds, consumeErrors=True)
 
     def _add_topic(self, topic, count):
         self.topics[topic.name] = topic
         self.topics_by_id[topic.topic_id] = topic
+        self._resolve(topic)
         self._grow(topic, count)
 
     def _grow(self, topic, count):
@@ -279,6 +373,7 @@ class KafkaBroker:
             for shard in made:
                 self.storage.delete_shard(shard).addErrback(self._delete_failed, shard)
             raise
+        self._configure_shards(topic, topic.partitions[start:])
 
     def _delete_failed(self, failure, shard):
         self.log.failure("kafka: removing shard {shard} failed", failure, shard=shard)
@@ -294,7 +389,12 @@ class KafkaBroker:
         rb, rm = self._retention(topic)
         partitions = [Partition(topic, i) for i in range(len(topic.partitions), count)]
         specs = [(p.shard, rb, rm) for p in partitions if not self.storage.has_shard(p.shard)]
-        return self.storage.create_shards(specs).addCallback(lambda _: partitions)
+
+        def made(_):
+            self._configure_shards(topic, partitions)
+            return partitions
+
+        return self.storage.create_shards(specs).addCallback(made)
 
     # limits
 
@@ -373,11 +473,13 @@ class KafkaBroker:
             return errors.UNKNOWN_TOPIC_OR_PARTITION, None
         if topic_name_problem(name):
             return errors.INVALID_TOPIC_EXCEPTION, None
-        code, _ = self.create_topic(name, self.config.default_partitions, {})
+        code, _ = self.create_topic(name, self.config.default_partitions, ())
         return code, self.topics.get(name)
 
     def _check_new_topic(self, name, partitions, configs):
         """
+        @param configs: C{(name, value)} pairs; an unknown name or an
+            invalid value is INVALID_CONFIG.
         @return: C{(error_code, message, partitions, clean configs)}.
         """
         problem = topic_name_problem(name)
@@ -395,19 +497,9 @@ class KafkaBroker:
         code, message = self.check_partition_limits(name, partitions)
         if code:
             return code, message, 0, None
-        clean = {}
-        for key, value in configs.items():
-            if key not in TOPIC_CONFIGS:
-                continue
-            if value is None:
-                continue
-            if key in ("retention.ms", "retention.bytes", "max.message.bytes"):
-                try:
-                    int(value)
-                except ValueError:
-                    return (errors.INVALID_CONFIG,
-                            "bad value for {}: {!r}".format(key, value), 0, None)
-            clean[key] = value
+        code, message, clean = check_topic_configs(configs)
+        if code:
+            return code, message, 0, None
         return errors.NONE, None, partitions, clean
 
     def create_topic(self, name, partitions, configs, validate_only=False):

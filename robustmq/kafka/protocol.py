@@ -30,6 +30,7 @@ from robustmq.kafka.acl import (
     ALTER, CLUSTER, CLUSTER_NAME, CREATE, DELETE, DESCRIBE, GROUP, READ, TOPIC, WRITE, AclError,
 )
 from robustmq.kafka.broker import FetchWaiter
+from robustmq.kafka.configapi import CONFIG_VERSIONS, ConfigHandlers
 from robustmq.kafka.producers import batch_producer
 from robustmq.kafka.sasl import SaslServer, mechanisms_of
 from robustmq.kafka.txn import STATES, cut_at, index_of
@@ -73,7 +74,6 @@ SERVED_VERSIONS = {
     29: (0, 3),    # DescribeAcls
     30: (0, 3),    # CreateAcls
     31: (0, 3),    # DeleteAcls
-    32: (0, 4),    # DescribeConfigs
     36: (0, 2),    # SaslAuthenticate
     37: (0, 3),    # CreatePartitions
     42: (0, 2),    # DeleteGroups
@@ -82,6 +82,7 @@ SERVED_VERSIONS = {
     66: (0, 1),    # ListTransactions
 }
 SERVED_VERSIONS.update(ADMIN_VERSIONS)
+SERVED_VERSIONS.update(CONFIG_VERSIONS)
 
 _API_VERSIONS_LIST = [
     {"api_key": k, "min_version": low, "max_version": high}
@@ -104,11 +105,6 @@ _LATER = object()
 
 _UNKNOWN_OPS = -2147483648
 
-# DescribeConfigs: config sources and types.
-_SOURCE_TOPIC = 1
-_SOURCE_DEFAULT = 5
-_SOURCE_STATIC_BROKER = 4
-
 
 #: Bytes read from a client socket at once (Twisted's default is 64 KiB).
 READ_BYTES = 1 << 20
@@ -127,7 +123,7 @@ _BATCH_LAST_DELTA = struct.Struct(">i")
 _RESOURCE_WORD = {TOPIC: "topic", GROUP: "group", CLUSTER: "cluster"}
 
 
-class KafkaProtocol(AdminHandlers, FramedProtocol):
+class KafkaProtocol(AdminHandlers, ConfigHandlers, FramedProtocol):
     """
     One Kafka client connection.
 
@@ -199,7 +195,6 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             29: self.handle_describe_acls,
             30: self.handle_create_acls,
             31: self.handle_delete_acls,
-            32: self.handle_describe_configs,
             36: self.handle_sasl_authenticate,
             37: self.handle_create_partitions,
             42: self.handle_delete_groups,
@@ -208,6 +203,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
             66: self.handle_list_transactions,
         }
         self.handlers.update(self.admin_handlers())
+        self.handlers.update(self.config_handlers())
 
     # framing
 
@@ -585,7 +581,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         acks = body["acks"]
         broker = self.broker
         producers = broker.producers
-        max_batch = self.config.max_message_bytes
+        now = None
         state = _ProduceState(self, header, acks)
         tid = body["transactional_id"]
         responses = []
@@ -617,10 +613,20 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                     continue
                 partition = topic.partitions[index]
                 data = pd["records"]
-                code, pid_info = _check_batches(data, max_batch)
+                code, pid_info = _check_batches(data, topic.max_batch)
                 if code:
                     pr["error_code"] = code
                     continue
+                check = topic.check
+                if check is not None:
+                    if now is None:
+                        now = int(self.reactor.seconds() * 1000)
+                    code, message, data, pr["log_append_time_ms"], bad = check.apply(data, now)
+                    if code:
+                        pr["error_code"] = code
+                        pr["error_message"] = message
+                        pr["record_errors"] = bad
+                        continue
                 shard = partition.shard
                 if pid_info is not None:
                     pid, epoch, seq, delta, transactional = pid_info
@@ -879,7 +885,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
                 r["error_code"] = errors.INVALID_REPLICATION_FACTOR
                 r["error_message"] = "replication factor must be 1 (one broker)"
                 continue
-            configs = {c["name"]: c["value"] for c in t["configs"]}
+            configs = [(c["name"], c["value"]) for c in t["configs"]]
             d = broker.create_topic_later(name, count, configs, validate)
             pending.append(d.addCallback(self._topic_created, r, name, validate))
         response = {"throttle_time_ms": 0, "topics": out}
@@ -904,11 +910,7 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         r["topic_id"] = topic.topic_id
         r["num_partitions"] = len(topic.partitions)
         r["replication_factor"] = 1
-        r["configs"] = [
-            {"name": k, "value": str(v), "read_only": False,
-             "config_source": _SOURCE_TOPIC, "is_sensitive": False}
-            for k, v in sorted(topic.configs.items())
-        ]
+        r["configs"] = self.broker.configs.describe_topic(topic.configs)
 
     def handle_delete_topics(self, version, body, header):
         broker = self.broker
@@ -959,82 +961,6 @@ class KafkaProtocol(AdminHandlers, FramedProtocol):
         slot = self.open_slot(header)
         gatherResults(pending).addCallback(lambda _: self.fill_slot(slot, response))
         return _LATER
-
-    def handle_describe_configs(self, version, body, header):
-        broker = self.broker
-        results = []
-        for res in body["resources"]:
-            rtype = res["resource_type"]
-            rname = res["resource_name"]
-            keys = res["configuration_keys"]
-            r = {"error_code": errors.NONE, "error_message": None, "resource_type": rtype,
-                 "resource_name": rname, "configs": []}
-            results.append(r)
-            if rtype == 2 and not self.allowed(DESCRIBE, TOPIC, rname):
-                r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
-                continue
-            if rtype == 4 and not self.allowed(DESCRIBE, CLUSTER, CLUSTER_NAME):
-                r["error_code"] = errors.CLUSTER_AUTHORIZATION_FAILED
-                continue
-            if rtype == 2:
-                topic = broker.topics.get(rname)
-                if topic is None:
-                    r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
-                    r["error_message"] = "no topic '{}'".format(rname)
-                    continue
-                entries = self._topic_configs(topic)
-            elif rtype == 4:
-                if rname not in ("", str(self.node_id)):
-                    r["error_code"] = errors.INVALID_REQUEST
-                    r["error_message"] = "no broker '{}'".format(rname)
-                    continue
-                entries = self._broker_configs()
-            else:
-                r["error_code"] = errors.INVALID_REQUEST
-                r["error_message"] = "unsupported resource type {}".format(rtype)
-                continue
-            for name, value, source, ctype in entries:
-                if keys is not None and name not in keys:
-                    continue
-                r["configs"].append({
-                    "name": name, "value": value, "read_only": source != _SOURCE_TOPIC,
-                    "is_default": source == _SOURCE_DEFAULT,
-                    "config_source": source, "is_sensitive": False, "synonyms": [],
-                    "config_type": ctype, "documentation": None,
-                })
-        return {"throttle_time_ms": 0, "results": results}
-
-    def _topic_configs(self, topic):
-        c = topic.configs
-        cfg = self.config
-        # config types: 2 STRING? Kafka: 1 BOOLEAN, 2 STRING, 3 INT, 4 SHORT, 5 LONG, 7 LIST
-        out = []
-        for name, default, ctype in (
-            ("retention.ms", str(cfg.retention_ms), 5),
-            ("retention.bytes", str(cfg.retention_bytes), 5),
-            ("max.message.bytes", str(cfg.max_message_bytes), 3),
-            ("cleanup.policy", "delete", 7),
-        ):
-            if name in c:
-                out.append((name, str(c[name]), _SOURCE_TOPIC, ctype))
-            else:
-                out.append((name, default, _SOURCE_DEFAULT, ctype))
-        return out
-
-    def _broker_configs(self):
-        cfg = self.config
-        return [
-            ("auto.create.topics.enable", "true" if cfg.auto_create_topics else "false",
-             _SOURCE_STATIC_BROKER, 1),
-            ("num.partitions", str(cfg.default_partitions), _SOURCE_STATIC_BROKER, 3),
-            ("message.max.bytes", str(cfg.max_message_bytes), _SOURCE_STATIC_BROKER, 3),
-            ("log.retention.ms", str(cfg.retention_ms), _SOURCE_STATIC_BROKER, 5),
-            ("log.retention.bytes", str(cfg.retention_bytes), _SOURCE_STATIC_BROKER, 5),
-            ("group.min.session.timeout.ms", str(cfg.group_min_session_timeout_ms),
-             _SOURCE_STATIC_BROKER, 3),
-            ("group.max.session.timeout.ms", str(cfg.group_max_session_timeout_ms),
-             _SOURCE_STATIC_BROKER, 3),
-        ]
 
     # ACLs
 

@@ -19,6 +19,9 @@ from robustmq.storage.errors import StorageError, UnknownShard
 from robustmq.storage.record import LOG_OVERHEAD, check_batches, decode_batch, encode_batch
 
 _MAX_TS = struct.Struct(">q")
+
+#: The settings a shard may have of its own.
+SHARD_SETTINGS = ("retention_bytes", "retention_ms", "segment_bytes", "segment_ms")
 _BASE = struct.Struct(">q")
 
 
@@ -88,6 +91,45 @@ class Driver:
             self.config.retention_bytes if rb is None else rb,
             self.config.retention_ms if rm is None else rm,
         )
+
+    def settings(self, name):
+        """
+        The own settings of shard C{name}: C{retention_bytes},
+        C{retention_ms}, C{segment_bytes}, C{segment_ms} (L{None}: the
+        configured one).
+        """
+        shard = self.get(name)
+        return {k: getattr(shard, k) for k in SHARD_SETTINGS}
+
+    def configure(self, name, **settings):
+        """
+        Change the own settings of shard C{name} (see L{settings}), keep
+        them, and apply its retention at once.
+
+        @return: a Deferred firing once the settings are stored.
+        """
+        try:
+            shard = self.get(name)
+            for key, value in settings.items():
+                if key not in SHARD_SETTINGS:
+                    raise TypeError("unknown shard setting {!r}".format(key))
+                setattr(shard, key, None if value is None else int(value))
+            d = self._save_settings(shard)
+            self.retain(shard, now_ms(self.reactor))
+        except Exception:
+            return fail()
+        return d
+
+    def _save_settings(self, shard):
+        """
+        Keep the settings of C{shard}; a Deferred.
+        """
+        return succeed(None)
+
+    def retain(self, shard, now):
+        """
+        Apply the retention of one shard.
+        """
 
     # appends
 

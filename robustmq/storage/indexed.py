@@ -21,7 +21,13 @@ class ShardBase:
     @ivar retention_bytes: this shard's own size limit, or L{None} for the
         configured one.
     @ivar retention_ms: this shard's own age limit, or L{None}.
+    @ivar segment_bytes: this shard's own segment roll size, or L{None} for
+        the configured one (segment driver).
+    @ivar segment_ms: this shard's own segment roll age, or L{None}.
     """
+
+    segment_bytes = None
+    segment_ms = None
 
     def __init__(self, name, log_start=0, next_offset=0, retention_bytes=None, retention_ms=None):
         self.name = name

@@ -312,6 +312,25 @@ class StorageDriverManager:
     def size_bytes(self, shard):
         return self._driver(shard).size_bytes(shard)
 
+    def shard_settings(self, shard):
+        """
+        The own settings of C{shard} (L{robustmq.storage.driver.Driver.settings}).
+        """
+        return self._driver(shard).settings(shard)
+
+    def configure_shard(self, shard, **settings):
+        """
+        Change the own settings of C{shard} (C{retention_bytes},
+        C{retention_ms}, C{segment_bytes}, C{segment_ms}; L{None}: the
+        configured one) and apply its retention at once.
+
+        @return: a Deferred firing once the settings are stored.
+        """
+        driver = self._shards.get(shard)
+        if driver is None:
+            return fail(UnknownShard("no shard {!r}".format(shard)))
+        return driver.configure(shard, **settings)
+
     def apply_retention(self):
         """
         Delete what is beyond the retention limits, in every shard.

@@ -84,7 +84,10 @@ class MemoryDriver(Driver):
     def apply_retention(self, now=None):
         now = now_ms(self.reactor) if now is None else now
         for shard in self.shards.values():
-            rb, rm = self.retention_of(shard)
-            cut = shard.retention_offset(rb, rm, now)
-            if cut is not None:
-                shard.drop_before(cut)
+            self.retain(shard, now)
+
+    def retain(self, shard, now):
+        rb, rm = self.retention_of(shard)
+        cut = shard.retention_offset(rb, rm, now)
+        if cut is not None:
+            shard.drop_before(cut)

@@ -7,7 +7,8 @@ On disk, under C{<data_dir>/storage/segment/}::
 
     .clean-shutdown                  present only after a clean close
     <shard dir>/shard.json           {"name": ..., "retention_bytes": ...,
-                                      "retention_ms": ...}
+                                      "retention_ms": ..., "segment_bytes": ...,
+                                      "segment_ms": ...}
     <shard dir>/log-start-offset     the earliest readable offset, when
                                      truncate_before moved it into a segment
     <shard dir>/<base offset>.log    record batches back to back, 20 digits
@@ -402,6 +403,20 @@ def _seal_job(segment):
     fsync_dir(segment.shard.directory)
 
 
+def _save_meta_job(directory, meta, serial):
+    """
+    Replace the C{shard.json} of a shard (a temporary file of its own per
+    save, so that saves running at once do not mix).
+    """
+    path = os.path.join(directory, META_FILE)
+    tmp = "{}.{}.tmp".format(path, serial)
+    with open(tmp, "wb") as f:
+        f.write(meta)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _unlink_job(paths):
     for path in paths:
         try:
@@ -492,6 +507,7 @@ class SegmentDriver(Driver):
         self._open_files = OrderedDict()
         #: Shard names being created in the thread pool.
         self._creating = set()
+        self._saves = 0
 
     # background jobs
 
@@ -656,6 +672,8 @@ class SegmentDriver(Driver):
         shard = SegmentShard(
             name, directory, log_start, meta.get("retention_bytes"), meta.get("retention_ms")
         )
+        shard.segment_bytes = meta.get("segment_bytes")
+        shard.segment_ms = meta.get("segment_ms")
         bases = []
         for entry in os.listdir(directory):
             stem, dot, suffix = entry.partition(".")
@@ -910,8 +928,8 @@ class SegmentDriver(Driver):
         now = int(self.reactor.seconds() * 1000)
         size = len(data)
         if segment.size and (
-            segment.size + size > self.segment_bytes
-            or now - segment.created_ms >= self.segment_ms
+            segment.size + size > (shard.segment_bytes or self.segment_bytes)
+            or now - segment.created_ms >= (shard.segment_ms or self.segment_ms)
         ):
             segment = self._roll(shard, now)
         pos = segment.size
@@ -1249,6 +1267,18 @@ class SegmentDriver(Driver):
         now = now_ms(self.reactor) if now is None else now
         for shard in list(self.shards.values()):
             self._retain(shard, now)
+
+    def retain(self, shard, now):
+        self._retain(shard, now)
+
+    def _save_settings(self, shard):
+        meta = json.dumps({
+            "name": shard.name, "retention_bytes": shard.retention_bytes,
+            "retention_ms": shard.retention_ms, "segment_bytes": shard.segment_bytes,
+            "segment_ms": shard.segment_ms,
+        }).encode("utf-8")
+        self._saves += 1
+        return self._run(None, _save_meta_job, shard.directory, meta, self._saves)
 
     # closing
 

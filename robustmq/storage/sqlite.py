@@ -70,6 +70,13 @@ def _insert_shard(conn, shard_id, name, retention_bytes, retention_ms):
     )
 
 
+def _set_retention(conn, shard_id, retention_bytes, retention_ms):
+    conn.execute(
+        "UPDATE shards SET retention_bytes = ?, retention_ms = ? WHERE id = ?",
+        (retention_bytes, retention_ms, shard_id),
+    )
+
+
 def _delete_shard(conn, shard_id):
     conn.execute("DELETE FROM batches WHERE shard = ?", (shard_id,))
     conn.execute("DELETE FROM shards WHERE id = ?", (shard_id,))
@@ -255,9 +262,17 @@ class SqliteDriver(Driver):
     def apply_retention(self, now=None):
         now = now_ms(self.reactor) if now is None else now
         for shard in list(self.shards.values()):
-            rb, rm = self.retention_of(shard)
-            cut = shard.retention_offset(rb, rm, now)
-            if cut is not None:
-                self._truncate(shard, cut).addErrback(
-                    lambda f: self.log.failure("storage: sqlite retention failed", f)
-                )
+            self.retain(shard, now)
+
+    def retain(self, shard, now):
+        rb, rm = self.retention_of(shard)
+        cut = shard.retention_offset(rb, rm, now)
+        if cut is not None:
+            self._truncate(shard, cut).addErrback(
+                lambda f: self.log.failure("storage: sqlite retention failed", f)
+            )
+
+    def _save_settings(self, shard):
+        return self.writer.submit(
+            _set_retention, shard.id, shard.retention_bytes, shard.retention_ms
+        ).addCallback(lambda _: None)
