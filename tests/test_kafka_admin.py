@@ -7,6 +7,8 @@ delete_records, OffsetForLeaderEpoch), against the real broker on
 127.0.0.1 port 0.
 """
 
+import time
+
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,7 +21,7 @@ from tests.test_kafka_acl import produce_body
 from tests.test_kafka_clients import RealBrokerTestCase
 
 PRODUCE, CREATE_TOPICS, DELETE_RECORDS, OFFSET_FOR_LEADER_EPOCH = 0, 19, 21, 23
-DESCRIBE_LOG_DIRS, ELECT_LEADERS = 35, 43
+DESCRIBE_LOG_DIRS, ELECT_LEADERS, DESCRIBE_PRODUCERS = 35, 43, 61
 
 try:
     import confluent_kafka
@@ -226,6 +228,15 @@ class AuthorizationTests(SynchronousTestCase):
         r = self.h.client("alice").call(OFFSET_FOR_LEADER_EPOCH, 4, request)
         self.assertEqual(r["topics"][0]["partitions"][0]["end_offset"], 3)
 
+    def test_describe_producers(self):
+        request = acl_body(DESCRIBE_PRODUCERS, 0, topics=[
+            {"name": "orders", "partition_indexes": [0]}])
+        r = self.bob.call(DESCRIBE_PRODUCERS, 0, request)
+        self.assertEqual(r["topics"][0]["partitions"][0]["error_code"],
+                         errors.TOPIC_AUTHORIZATION_FAILED)
+        r = self.h.client("alice").call(DESCRIBE_PRODUCERS, 0, request)
+        self.assertEqual(r["topics"][0]["partitions"][0]["error_code"], errors.NONE)
+
     def test_cluster_requests(self):
         r = self.bob.call(DESCRIBE_LOG_DIRS, 4, acl_body(DESCRIBE_LOG_DIRS, 4, topics=None))
         self.assertEqual((r["error_code"], r["results"]),
@@ -288,3 +299,39 @@ class OffsetDeleteTests(RealBrokerTestCase):
         self.assertEqual(done, {KTP("od", 0): NoError})
         self.assertEqual(left, {})
         self.assertIs(unknown, GroupIdNotFoundError)
+
+
+class DescribeProducersTests(_ConfluentCase):
+    @inlineCallbacks
+    def test_kafka_python_describe_producers(self):
+        """
+        kafka-python's describe_producers lists the idempotent confluent-kafka
+        producer that wrote to the partition, with its epoch, last sequence
+        and last append time; a partition nobody wrote to idempotently has
+        none.
+        """
+        if kafka_python is None:
+            raise self.skipTest("kafka-python is not installed")
+        from kafka.structs import TopicPartition as KTP
+
+        def scenario():
+            admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            admin.create_topics([NewTopic("dp", 2, 1)])["dp"].result(30)
+            producer = confluent_kafka.Producer({"bootstrap.servers": self.bootstrap,
+                                                 "enable.idempotence": True, "linger.ms": 0})
+            for i in range(5):
+                producer.produce("dp", b"v%d" % i, partition=0)
+                producer.flush(30)
+            kadmin = kafka_python.KafkaAdminClient(bootstrap_servers=self.bootstrap)
+            got = kadmin.describe_producers([KTP("dp", 0), KTP("dp", 1)])
+            kadmin.close()
+            return got
+
+        started = int(time.time() * 1000)
+        got = yield deferToThread(scenario)
+        active = got[KTP("dp", 0)].active_producers
+        self.assertEqual(len(active), 1)
+        self.assertEqual((active[0].producer_epoch, active[0].last_sequence), (0, 4))
+        self.assertGreaterEqual(active[0].last_timestamp, started)
+        self.assertEqual(active[0].current_transaction_start_offset, -1)
+        self.assertEqual(got[KTP("dp", 1)].active_producers, [])

@@ -3,7 +3,7 @@
 Kafka administration requests of one broker: DeleteRecords (moves the log
 start offset), OffsetForLeaderEpoch (clients check for truncation),
 DescribeLogDirs, ElectLeaders (one node: every partition's leader is its
-preferred one) and OffsetDelete.
+preferred one), OffsetDelete and DescribeProducers.
 
 A mix-in of L{robustmq.kafka.protocol.KafkaProtocol}: the handlers use its
 broker, its authorization (L{allowed}) and its response slots.
@@ -24,6 +24,7 @@ ADMIN_VERSIONS = {
     35: (0, 4),    # DescribeLogDirs
     43: (0, 2),    # ElectLeaders
     47: (0, 0),    # OffsetDelete
+    61: (0, 0),    # DescribeProducers
 }
 
 
@@ -39,6 +40,7 @@ class AdminHandlers:
             35: self.handle_describe_log_dirs,
             43: self.handle_elect_leaders,
             47: self.handle_offset_delete,
+            61: self.handle_describe_producers,
         }
 
     def _partition(self, name, index):
@@ -279,6 +281,44 @@ class AdminHandlers:
         d.addErrback(failed)
         d.addBoth(lambda _: respond(response))
         return self.LATER
+
+
+    # DescribeProducers
+
+    def handle_describe_producers(self, version, body, header):
+        """
+        The idempotent and transactional producers that wrote to each
+        partition: epoch, last sequence, last append time and the first
+        offset of an open transaction; needs read on the topic, as in Kafka.
+        """
+        states = self.broker.producers.shards
+        topics = []
+        for t in body["topics"]:
+            name = t["name"]
+            denied = not self.allowed(READ, TOPIC, name)
+            out = []
+            topics.append({"name": name, "partitions": out})
+            for index in t["partition_indexes"]:
+                r = {"partition_index": index, "error_code": errors.NONE,
+                     "error_message": None, "active_producers": []}
+                out.append(r)
+                partition = None if denied else self._partition(name, index)
+                if denied:
+                    r["error_code"] = errors.TOPIC_AUTHORIZATION_FAILED
+                    continue
+                if partition is None:
+                    r["error_code"] = errors.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                txn = partition.txn
+                open_txns = txn.open if txn is not None else {}
+                for pid, state in sorted(states.get(partition.shard, {}).items()):
+                    batches = state.batches
+                    r["active_producers"].append({
+                        "producer_id": pid, "producer_epoch": state.epoch,
+                        "last_sequence": batches[-1][1] if batches else -1,
+                        "last_timestamp": state.last_ms, "coordinator_epoch": -1,
+                        "current_txn_start_offset": open_txns.get(pid, -1)})
+        return {"throttle_time_ms": 0, "topics": topics}
 
 
 def _log_dir(storage):

@@ -51,15 +51,17 @@ def batch_producer(data, pos=0):
 
 class ProducerState:
     """
-    One producer on one partition: its epoch and its last batches as
-    C{[first_seq, last_seq, base_offset, last_offset]}.
+    One producer on one partition: its epoch, its last batches as
+    C{[first_seq, last_seq, base_offset, last_offset]} and when it last
+    appended (milliseconds; -1: not since the broker started).
     """
 
-    __slots__ = ("epoch", "batches")
+    __slots__ = ("epoch", "batches", "last_ms")
 
     def __init__(self, epoch):
         self.epoch = epoch
         self.batches = []
+        self.last_ms = -1
 
 
 class ProducerStates:
@@ -169,6 +171,7 @@ class ProducerStates:
         state = states.get(pid)
         if state is None or epoch != state.epoch:
             state = states[pid] = ProducerState(epoch)
+        state.last_ms = int(self.broker.reactor.seconds() * 1000)
         batches = state.batches
         batches.append([first_seq, (first_seq + delta) % SEQ_MOD, base_offset,
                         base_offset + delta])
