@@ -10,7 +10,6 @@ topics survive a restart; the data lives in the shards.
 
 import base64
 import ctypes
-import ctypes.util
 import os
 import re
 import uuid
@@ -47,7 +46,9 @@ def _find_malloc_trim():
     gives the free pages back.
     """
     try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+        # The symbols the process already has: no library search (which
+        # would run ldconfig in a subprocess).
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError, TypeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
