@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 import stat
+import threading
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -375,12 +376,14 @@ class ClientTests(TestCase):
 
         seen = []
         conf = self.conf(user, password, "SCRAM-SHA-512")
-        conf.update({"message.timeout.ms": 6000, "error_cb": seen.append})
+        conf.update({"message.timeout.ms": 6000,
+                     "error_cb": lambda e: seen.append(e.code())})
         producer = Producer(conf)
         reports = []
-        producer.produce("scram-topic", b"v", on_delivery=lambda e, m: reports.append(e))
+        producer.produce("scram-topic", b"v",
+                         on_delivery=lambda e, m: reports.append(e and e.code()))
         producer.flush(10)
-        return reports, [e.code() for e in seen]
+        return list(reports), list(seen)
 
     @inlineCallbacks
     def test_create_login_delete(self):
@@ -389,7 +392,17 @@ class ClientTests(TestCase):
             UserScramCredentialUpsertion,
         )
 
+        from robustmq.kafka import scramapi
+
         info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
+        writers = []
+
+        def write_private(path, text):
+            writers.append(threading.current_thread() is threading.main_thread())
+            return real_write(path, text)
+
+        real_write = scramapi.write_private
+        self.patch(scramapi, "write_private", write_private)
 
         def create():
             admin = self.admin()
@@ -398,6 +411,8 @@ class ClientTests(TestCase):
             return futures["carol"].result(15)
 
         yield deferToThread(create)
+        # Written off the reactor thread.
+        self.assertEqual(writers, [False])
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
         with open(self.path) as f:
             text = f.read()
@@ -423,7 +438,7 @@ class ClientTests(TestCase):
         yield deferToThread(delete)
         reports, seen = yield deferToThread(self.produce, "carol", "carol-pw")
         self.assertNotEqual(reports, [None])
-        self.assertIn(KafkaError._AUTHENTICATION, seen)
+        self.assertTrue(KafkaError._AUTHENTICATION in seen, seen)
         with open(self.path) as f:
             text = f.read()
         self.assertEqual(sorted(parse_password_file(text)), ["admin", "bob"])

@@ -42,7 +42,6 @@ MAX_ITERATIONS = 16384
 
 _DIGEST_SIZE = {"SCRAM-SHA-256": hashlib.sha256().digest_size,
                 "SCRAM-SHA-512": hashlib.sha512().digest_size}
-_PREFIX_OF = {m: "$" + h + "$" for h, m in SCRAM_HASHES.items()}
 
 NO_PASSWORD_FILE = (
     "SCRAM credentials are kept in the password file, and this broker has none:"
