@@ -20,7 +20,7 @@ import os
 from collections import OrderedDict
 
 from twisted.application.service import Service
-from twisted.internet.defer import maybeDeferred, succeed
+from twisted.internet.defer import DeferredLock, maybeDeferred, succeed
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -92,6 +92,17 @@ def scram_keys(password, salt, iterations, mechanism):
     h = _HASH_OF[mechanism]
     salted = hashlib.pbkdf2_hmac(h().name, password, salt, iterations)
     return _keys_from_salted(salted, h)
+
+
+def scram_entry_from_salted(salted_password, salt, iterations, mechanism):
+    """
+    The password-file hash (as L{scram_entry}) of SCRAM credentials given as
+    RFC 5802's SaltedPassword, as Kafka's AlterUserScramCredentials sends
+    them: only StoredKey and ServerKey are kept.
+    """
+    stored, server = _keys_from_salted(salted_password, _HASH_OF[mechanism])
+    b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
+    return "${}${}${}${}${}".format(mechanism.lower(), iterations, b64(salt), b64(stored), b64(server))
 
 
 def _keys_from_salted(salted, h):
@@ -269,6 +280,13 @@ class Authenticator:
         self._secret = os.urandom(32)
         self._cache = OrderedDict()
         self._cache_size = cache_size
+        #: Bumped by L{update_users}: a check begun before it is not
+        #: remembered.
+        self._generation = 0
+        #: The password file (L{from_config}), or L{None}.
+        self.password_file = None
+        #: Held while the password file is rewritten (one rewrite at a time).
+        self.file_lock = DeferredLock()
         self.threads = threads
         self.pool = None
         if threads:
@@ -297,12 +315,14 @@ class Authenticator:
         if security.password_file:
             with open(security.password_file, encoding="utf-8") as f:
                 users = parse_password_file(f.read(), security.password_file)
-        return cls(
+        authenticator = cls(
             users, security.allow_anonymous, reactor=reactor, threads=security.auth_threads,
             max_failures_per_minute=security.max_auth_failures_per_minute,
             max_delay_s=security.auth_failure_max_delay_s,
             max_pending=security.auth_max_pending, metrics=metrics,
         )
+        authenticator.password_file = security.password_file or None
+        return authenticator
 
     def start(self):
         """
@@ -357,6 +377,7 @@ class Authenticator:
                     " (security.auth_max_pending)", count=self.pending)
             return succeed(False)
         self.pending += 1
+        generation = self._generation
         delay = self.throttle.delay(username, peer_host)
         if delay and self.reactor is not None:
             self._count("delayed")
@@ -366,8 +387,8 @@ class Authenticator:
 
         def done(ok):
             self.pending -= 1
-            if ok is True:
-                self._cache[key] = True
+            if ok is True and generation == self._generation:
+                self._cache[key] = username
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
             else:
@@ -404,6 +425,48 @@ class Authenticator:
             return succeed(result)
         self._count("delayed")
         return deferLater(self.reactor, delay, lambda: result)
+
+    def in_thread(self, f, *args):
+        """
+        Run C{f(*args)} in the password-checking threads (in this thread
+        without them): a Deferred of its result.
+        """
+        if self.pool is None:
+            return maybeDeferred(f, *args)
+        return deferToThreadPool(self.reactor, self.pool, f, *args)
+
+    def update_users(self, changed):
+        """
+        Replace the password-file lines of some users, for the logins that
+        follow (a SCRAM exchange already begun keeps what it read), and
+        forget the remembered successes of those users.
+
+        @param changed: C{{user: [encoded_hash, ...]}}; an empty list removes
+            the user.
+        """
+        for user, hashes in changed.items():
+            for mechanism in SCRAM_HASHES.values():
+                self._scram.pop((user, mechanism), None)
+            if hashes:
+                self._users[user] = list(hashes)
+                self._plain[user] = _plain_verifier(hashes)
+                self._scram.update(_scram_of(user, hashes, self.log))
+            else:
+                self._users.pop(user, None)
+                self._plain.pop(user, None)
+        self._generation += 1
+        cache = self._cache
+        for key in [k for k, user in cache.items() if user in changed]:
+            del cache[key]
+
+    def scram_iterations(self):
+        """
+        C{{user: {mechanism: iterations}}} of the SCRAM credentials served.
+        """
+        out = {}
+        for (user, mechanism), creds in self._scram.items():
+            out.setdefault(user, {})[mechanism] = creds[1]
+        return out
 
     def fake_scram_credentials(self, username, mechanism):
         """

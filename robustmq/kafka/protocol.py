@@ -33,6 +33,7 @@ from robustmq.kafka.broker import FetchWaiter
 from robustmq.kafka.configapi import CONFIG_VERSIONS, ConfigHandlers
 from robustmq.kafka.producers import batch_producer
 from robustmq.kafka.sasl import SaslServer, mechanisms_of
+from robustmq.kafka.scramapi import SCRAM_VERSIONS, ScramHandlers
 from robustmq.kafka.txn import STATES, cut_at, index_of
 from robustmq.network.protocol import FrameError, FramedProtocol
 from robustmq.storage.errors import InvalidBatch, StorageError
@@ -83,6 +84,7 @@ SERVED_VERSIONS = {
 }
 SERVED_VERSIONS.update(ADMIN_VERSIONS)
 SERVED_VERSIONS.update(CONFIG_VERSIONS)
+SERVED_VERSIONS.update(SCRAM_VERSIONS)
 
 _API_VERSIONS_LIST = [
     {"api_key": k, "min_version": low, "max_version": high}
@@ -123,7 +125,7 @@ _BATCH_LAST_DELTA = struct.Struct(">i")
 _RESOURCE_WORD = {TOPIC: "topic", GROUP: "group", CLUSTER: "cluster"}
 
 
-class KafkaProtocol(AdminHandlers, ConfigHandlers, FramedProtocol):
+class KafkaProtocol(AdminHandlers, ConfigHandlers, ScramHandlers, FramedProtocol):
     """
     One Kafka client connection.
 
@@ -204,6 +206,7 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, FramedProtocol):
         }
         self.handlers.update(self.admin_handlers())
         self.handlers.update(self.config_handlers())
+        self.handlers.update(self.scram_handlers())
 
     # framing
 
