@@ -1,0 +1,305 @@
+# -*- test-case-name: tests.test_storage_compaction -*-
+"""
+Tests for log compaction of segment files (L{robustmq.storage.compaction}
+and L{robustmq.storage.segment.SegmentDriver.compact}).
+"""
+
+import os
+
+from twisted.internet import defer
+
+from robustmq.storage import segment as segment_module
+from robustmq.storage.compaction import TMP_SUFFIX, Throttle
+from robustmq.storage.record import Record, batch_info, encode_batch
+from robustmq.storage.segment import CLEAN_MARKER
+from tests.test_storage_segment import SegmentTestsBase
+
+SHARD = "kafka/compacted/0"
+NOW = 10 ** 12
+
+
+def update(key, value, ts=NOW - 10 ** 6):
+    return Record(key, value, (), ts, "kafka")
+
+
+class CompactionTestsBase(SegmentTestsBase):
+    settings = dict(SegmentTestsBase.settings, segment_bytes=2048, index_interval_bytes=256)
+
+    @defer.inlineCallbacks
+    def updates(self, count, keys=5, size=40, ts=NOW - 10 ** 6, per_batch=1):
+        """
+        Append C{count} updates cycling over C{keys} keys; the value of the
+        record at offset o is C{v<o>}, padded.
+        """
+        m = self.manager
+        if not m.has_shard(SHARD):
+            m.create_shard(SHARD)
+        for _ in range(0, count, per_batch):
+            first = m.latest_offset(SHARD)
+            yield m.append(SHARD, [
+                update(b"k%d" % ((first + i) % keys), (b"v%d" % (first + i)).ljust(size, b"."),
+                       ts)
+                for i in range(per_batch)
+            ])
+        yield self.driver._drain()
+
+    def contents(self):
+        return self.manager.read_records(SHARD, self.manager.earliest_offset(SHARD), 10 ** 9)
+
+    def assertCompacted(self, before, after, sealed_end):
+        """
+        C{after} is C{before} less the records of sealed segments (offsets
+        below C{sealed_end}) that a later record of their key replaces.
+        """
+        last = {}
+        for o, r in before:
+            if o < sealed_end:
+                last[r.key] = o
+        expected = [(o, r) for o, r in before if o >= sealed_end or last[r.key] == o]
+        self.assertEqual([(o, r.key, r.value) for o, r in after],
+                         [(o, r.key, r.value) for o, r in expected])
+
+
+
+class CompactionTests(CompactionTestsBase):
+    @defer.inlineCallbacks
+    def test_latest_per_key(self):
+        """
+        A pass keeps, in the sealed segments, the latest record of each key,
+        at its original offset; the active segment is untouched; fetches
+        from a removed offset return the next batch kept.
+        """
+        yield self.open()
+        yield self.updates(300, per_batch=3)
+        shard = self.driver.shards[SHARD]
+        self.assertGreater(len(shard.segments), 3)
+        active = shard.active
+        with open(active.path, "rb") as f:
+            active_bytes = f.read()
+        sealed_end = active.base
+        before = self.contents()
+        size_before = self.manager.size_bytes(SHARD)
+        result = yield self.manager.compact_shard(SHARD, now=NOW)
+        rewritten, dropped, removed = result
+        self.assertGreater(rewritten + dropped, 0)
+        self.assertGreater(removed, 0)
+        after = self.contents()
+        self.assertCompacted(before, after, sealed_end)
+        self.assertEqual(self.manager.size_bytes(SHARD), size_before - removed)
+        self.assertIs(shard.active, active)
+        with open(active.path, "rb") as f:
+            self.assertEqual(f.read(), active_bytes)
+        self.assertEqual(self.manager.latest_offset(SHARD), 300)
+        self.assertEqual(self.manager.earliest_offset(SHARD), 0)
+        # A fetch of an offset compacted away returns the next batch kept.
+        gone = min(o for o, _ in before if o not in {a for a, _ in after})
+        batches = self.manager.read(SHARD, gone, 1)
+        self.assertGreater(batch_info(bytes(batches[0])).last_offset, gone)
+        # The segment files left are whole (the pass left no temporary file).
+        self.assertEqual(self.files(SHARD, TMP_SUFFIX), [])
+        # A second pass has nothing left to remove.
+        again = yield self.manager.compact_shard(SHARD, now=NOW)
+        self.assertEqual(again, (0, 0, 0))
+
+    @defer.inlineCallbacks
+    def test_reopen(self):
+        """
+        A compacted shard recovers (clean or not) with the same records,
+        offsets and indexes, and nothing logged as an error.
+        """
+        yield self.open()
+        yield self.updates(200, per_batch=2)
+        yield self.manager.compact_shard(SHARD, now=NOW)
+        after = self.contents()
+        shard = self.driver.shards[SHARD]
+        indexes = [(s.base, list(s.idx_off), list(s.idx_pos)) for s in shard.segments[:-1]]
+        yield self.manager.close()
+        os.unlink(os.path.join(self.data_dir, "storage", "segment", CLEAN_MARKER))
+        self.events[:] = []
+        yield self.open()
+        self.assertEqual([(o, r.value) for o, r in self.contents()],
+                         [(o, r.value) for o, r in after])
+        self.assertEqual(self.logged("rebuilding"), [])
+        self.assertEqual(self.logged("overlaps"), [])
+        self.assertEqual(self.logged("cut"), [])
+        shard = self.driver.shards[SHARD]
+        self.assertEqual(
+            [(s.base, list(s.idx_off), list(s.idx_pos)) for s in shard.segments[:-1]],
+            indexes)
+        self.assertEqual(self.manager.latest_offset(SHARD), 200)
+        yield self.manager.append(SHARD, [update(b"k1", b"new")])
+        self.assertEqual(self.manager.read_records(SHARD, 200, 10)[0][1].value, b"new")
+
+    @defer.inlineCallbacks
+    def test_tombstones(self):
+        """
+        A tombstone that is the latest of its key removes the key's earlier
+        values at once and is itself removed delete_retention_ms after its
+        timestamp.
+        """
+        yield self.open()
+        m = self.manager
+        m.create_shard(SHARD)
+        yield m.append(SHARD, [update(b"gone", b"x" * 100, NOW - 5000)])
+        yield m.append(SHARD, [update(b"young", b"y" * 100, NOW - 5000)])
+        yield m.append(SHARD, [update(b"gone", None, NOW - 5000)])
+        yield m.append(SHARD, [update(b"young", None, NOW - 100)])
+        yield self.updates(100, keys=3)
+        sealed_end = self.driver.shards[SHARD].active.base
+        self.assertGreater(sealed_end, 4)
+        yield m.compact_shard(SHARD, now=NOW, delete_retention_ms=1000)
+        got = {o: r for o, r in self.contents() if o < 4}
+        self.assertEqual(list(got), [3])
+        self.assertEqual((got[3].key, got[3].value), (b"young", None))
+        # Once old enough, the last tombstone goes too.
+        yield m.compact_shard(SHARD, now=NOW + 2000, delete_retention_ms=1000)
+        self.assertEqual([o for o, _ in self.contents() if o < 4], [])
+
+    @defer.inlineCallbacks
+    def test_min_compaction_lag(self):
+        """
+        Segments holding records newer than min_lag_ms are not compacted,
+        nor any after them.
+        """
+        yield self.open()
+        yield self.updates(100, ts=NOW - 10 ** 6)
+        old_end = self.driver.shards[SHARD].active.base
+        yield self.updates(100, ts=NOW - 10)
+        sealed_end = self.driver.shards[SHARD].active.base
+        self.assertGreater(sealed_end, old_end)
+        before = self.contents()
+        yield self.manager.compact_shard(SHARD, now=NOW, min_lag_ms=1000)
+        after = self.contents()
+        self.assertCompacted(before, after, old_end)
+        self.assertEqual([o for o, _ in after if o >= old_end], list(range(old_end, 200)))
+        nothing = yield self.manager.compact_shard(SHARD, now=NOW - 10 ** 7, min_lag_ms=1000)
+        self.assertIsNone(nothing)
+
+    @defer.inlineCallbacks
+    def test_transactional_and_control_kept(self):
+        """
+        Batches of transactional producers and control batches are kept as
+        they are, and do not replace earlier values of their keys.
+        """
+        yield self.open()
+        m = self.manager
+        m.create_shard(SHARD)
+        yield m.append(SHARD, [update(b"k0", b"plain")])
+        txn = encode_batch([update(b"k0", b"in-txn")], 1, producer_id=7, producer_epoch=0,
+                           base_sequence=0, transactional=True)
+        yield self.driver.append_batch(SHARD, txn)
+        yield self.updates(100, keys=3)
+        before = self.contents()
+        yield m.compact_shard(SHARD, now=NOW)
+        got = dict(self.contents())
+        self.assertEqual(got[1].value, b"in-txn")
+        # The plain k0 at 0 is replaced by later plain k0 updates, not by the
+        # transactional one.
+        self.assertNotIn(0, got)
+        self.assertLess(len(got), len(before))
+        raw = m.read(SHARD, 1, 1)[0]
+        self.assertEqual(bytes(raw), txn)
+
+    @defer.inlineCallbacks
+    def test_max_keys(self):
+        """
+        A pass maps at most max_keys keys: the segments beyond wait.
+        """
+        yield self.open()
+        yield self.updates(200, keys=200)
+        shard = self.driver.shards[SHARD]
+        first = shard.segments[0]
+        yield self.manager.compact_shard(SHARD, now=NOW, max_keys=1)
+        # Unique keys: nothing to remove anyway, and nothing was rewritten.
+        self.assertIs(shard.segments[0], first)
+
+    def test_throttle(self):
+        """
+        The throttle sleeps so that bytes / elapsed stay at the rate.
+        """
+        now = [0.0]
+        slept = []
+
+        def sleep(s):
+            slept.append(s)
+            now[0] += s
+
+        t = Throttle(1000, clock=lambda: now[0], sleep=sleep)
+        t(500)
+        self.assertAlmostEqual(sum(slept), 0.5)
+        t(1500)
+        self.assertAlmostEqual(now[0], 2.0)
+
+
+class CompactionCrashTests(CompactionTestsBase):
+    """
+    A pass interrupted by a crash: before the swap, and between the swaps
+    of two segments.
+    """
+
+    @defer.inlineCallbacks
+    def crash_after(self, swaps):
+        """
+        Write a pass's files, swap the first C{swaps} segments as the
+        driver does, then stop without a clean close and recover.
+        """
+        yield self.open()
+        yield self.updates(300, per_batch=3)
+        shard = self.driver.shards[SHARD]
+        before = self.contents()
+        sealed_end = shard.active.base
+        chosen = [s for s in shard.segments[:-1]]
+        inputs = [(s.base, s.path, s.size) for s in chosen]
+        results = segment_module._compact_job(
+            inputs, NOW - 86400000, 10 ** 6, 0, lambda: False, self.driver.interval)
+        written = [r for r in results if r[1] is not None]
+        self.assertGreater(len(written), 1)
+        self.assertTrue(self.files(SHARD, TMP_SUFFIX))
+        for base, tmp, _, fresh in written[:swaps]:
+            index_path, time_path = fresh.index_paths()
+            os.unlink(index_path)
+            os.unlink(time_path)
+            os.replace(tmp, fresh.path)
+        directory = self.shard_dir(SHARD)
+        # What a SIGKILL leaves: no clean marker, fds dropped.
+        for segment in list(self.driver._open_files):
+            self.driver._close_fd(segment)
+        self.driver.opened = False
+        self.driver.shards.clear()
+        self.manager.opened = False
+        self.events[:] = []
+        yield self.open()
+        self.assertEqual([f for f in os.listdir(directory) if f.endswith(".tmp")], [])
+        after = self.contents()
+        # Every record is an original one, once, at its offset; the latest
+        # of each key is there.
+        original = {o: (r.key, r.value) for o, r in before}
+        offsets = [o for o, _ in after]
+        self.assertEqual(offsets, sorted(set(offsets)))
+        for o, r in after:
+            self.assertEqual(original[o], (r.key, r.value))
+        latest = {}
+        for o, r in before:
+            latest[r.key] = o
+        self.assertTrue(set(latest.values()) <= set(offsets))
+        if swaps == 0:
+            self.assertEqual(after, before)
+        self.assertEqual(self.manager.latest_offset(SHARD), 300)
+        # A new pass finishes the work.
+        yield self.manager.compact_shard(SHARD, now=NOW)
+        self.assertCompacted(before, self.contents(), sealed_end)
+
+    def test_crash_before_swap(self):
+        """
+        The new files of a pass are temporary until swapped: recovery
+        deletes them and the old segments are whole.
+        """
+        return self.crash_after(0)
+
+    def test_crash_between_swaps(self):
+        """
+        A crash after some segments were swapped (their index files not
+        yet): recovery rebuilds the indexes, loses nothing, duplicates
+        nothing.
+        """
+        return self.crash_after(1)
