@@ -5,14 +5,31 @@ and L{robustmq.storage.segment.SegmentDriver.compact}).
 """
 
 import os
+import sys
+import time
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
 
 from robustmq.storage import segment as segment_module
 from robustmq.storage.compaction import TMP_SUFFIX, Throttle
 from robustmq.storage.record import Record, batch_info, encode_batch
 from robustmq.storage.segment import CLEAN_MARKER
-from tests.test_storage_segment import SegmentTestsBase
+from robustmq.storage.manager import StorageDriverManager
+from tests import compaction_crash_child
+from tests.test_storage_segment import REPO, SegmentTestsBase, _ChildProtocol
+
+
+class _Child(_ChildProtocol):
+    """
+    The crash child, killed by the test only.
+    """
+
+    def outReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        self.lines.extend(line.decode("ascii") for line in lines)
 
 SHARD = "kafka/compacted/0"
 NOW = 10 ** 12
@@ -303,3 +320,59 @@ class CompactionCrashTests(CompactionTestsBase):
         nothing.
         """
         return self.crash_after(1)
+
+
+class SigkillTests(TestCase):
+    """
+    A real SIGKILL of a process in the middle of a compaction pass.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_sigkill_mid_pass(self):
+        """
+        The process is killed while the pass writes its new files: after
+        recovery the temporary files are gone and every record is there,
+        once, at its offset; a new pass then compacts.
+        """
+        data_dir = self.mktemp()
+        m = StorageDriverManager(compaction_crash_child.config(), data_dir, reactor,
+                                 retention_check_s=0)
+        yield m.open()
+        m.create_shard(SHARD)
+        for o in range(300):
+            yield m.append(SHARD, [update(b"k%d" % (o % 5), b"v%d" % o)])
+        before = m.read_records(SHARD, 0, 10 ** 9)
+        directory = m.drivers["segment"].shards[SHARD].directory
+        yield m.close()
+        proto = _Child(None)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
+        reactor.spawnProcess(proto, sys.executable, [
+            sys.executable, compaction_crash_child.__file__.replace(".pyc", ".py"), data_dir,
+        ], env=env)
+        deadline = time.monotonic() + 20
+        while not any(f.endswith(TMP_SUFFIX) for f in os.listdir(directory)):
+            self.assertLess(time.monotonic(), deadline, proto.stderr)
+            self.assertFalse(proto.ended.called, proto.stderr)
+            yield deferLater(reactor, 0.01, lambda: None)
+        proto.kill()
+        yield proto.ended
+        self.assertNotIn("done", " ".join(proto.lines))
+        self.assertTrue(any(f.endswith(TMP_SUFFIX) for f in os.listdir(directory)))
+        m = StorageDriverManager(compaction_crash_child.config(), data_dir, reactor,
+                                 retention_check_s=0)
+        yield m.open()
+        self.addCleanup(m.close)
+        self.assertFalse(any(f.endswith(".tmp") for f in os.listdir(directory)))
+        after = m.read_records(SHARD, 0, 10 ** 9)
+        self.assertEqual([(o, r.value) for o, r in after], [(o, r.value) for o, r in before])
+        result = yield m.compact_shard(SHARD, now=NOW)
+        self.assertGreater(result[2], 0)
+        latest = {}
+        for o, r in before:
+            latest[r.key] = o
+        kept = [o for o, _ in m.read_records(SHARD, 0, 10 ** 9)]
+        self.assertTrue(set(latest.values()) <= set(kept))
+        self.assertLess(len(kept), 100)
