@@ -47,7 +47,10 @@ def write_segments(directory, total, keys, record_size, per_batch, gzip_it):
 
     @return: the C{(base, path, size)} inputs of a pass.
     """
-    value = os.urandom(record_size // 2).hex().encode("ascii")[:record_size]
+    # Distinct values (hex: compressible about as text is), so that a
+    # compressed batch holds as many records per MB as real data would.
+    values = [os.urandom(record_size // 2 + 1).hex().encode("ascii")[:record_size]
+              for _ in range(997)]
     inputs = []
     offset = 0
     written = 0
@@ -56,8 +59,8 @@ def write_segments(directory, total, keys, record_size, per_batch, gzip_it):
     size = 0
     ts = 1700000000000
     while written < total:
-        records = [Record(b"key-%08d" % ((offset + i) % keys), value, (), ts + offset + i,
-                          "kafka") for i in range(per_batch)]
+        records = [Record(b"key-%08d" % ((offset + i) % keys), values[(offset + i) % 997], (),
+                          ts + offset + i, "kafka") for i in range(per_batch)]
         data, first, last = _encode_records(records)
         attributes = 0
         if gzip_it:
