@@ -15,8 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from robustmq.kafka import errors
 from robustmq.kafka.configs import LONG_MAX, ProduceCheck
 from robustmq.storage.record import Record, encode_batch
+from tests.test_kafka_acl import Harness
 from tests.test_kafka_clients import RealBrokerTestCase, kafka_python
-from tests.test_kafka_configs import kafka_service
+from tests.test_kafka_configs import CREATE_TOPICS, PRODUCE, create, kafka_service, produce
 
 try:
     import confluent_kafka
@@ -42,6 +43,37 @@ class KeyCheckTests(SynchronousTestCase):
         self.assertEqual(bad, [{"batch_index": 1, "batch_index_error_message": text}])
         keyed = encode_batch([Record(b"k", b"1", (), 5), Record(b"j", None, (), 5)], 0)
         self.assertEqual(check.apply(keyed, 10, ("t", 3))[:3], (errors.NONE, None, keyed))
+
+
+class ProduceTests(SynchronousTestCase):
+    def test_keyless_produce_to_compacted_topic(self):
+        """
+        Over the wire: a produce holding a keyless record to a compacted
+        topic is INVALID_RECORD with its record errors, and stores
+        nothing; keyed records are stored; a topic altered back to delete
+        takes keyless records again.
+        """
+        h = Harness([])
+        c = h.client("alice")
+        c.call(CREATE_TOPICS, 7, create("table", [("cleanup.policy", "compact")]))
+        data = encode_batch([Record(b"k", b"1", (), 5), Record(None, b"2", (), 5)], 0)
+        r = c.call(PRODUCE, 9, produce("table", data))
+        pr = r["responses"][0]["partition_responses"][0]
+        text = "Compacted topic cannot accept message without key in topic partition table-0."
+        self.assertEqual(pr["error_code"], errors.INVALID_RECORD)
+        self.assertEqual(pr["error_message"], text)
+        self.assertEqual(pr["record_errors"],
+                         [{"batch_index": 1, "batch_index_error_message": text}])
+        storage = h.broker.storage
+        self.assertEqual(storage.latest_offset("kafka/table/0"), 0)
+        data = encode_batch([Record(b"k", b"1", (), 5), Record(b"j", None, (), 5)], 0)
+        pr = c.call(PRODUCE, 9, produce("table", data))["responses"][0]["partition_responses"][0]
+        self.assertEqual(pr["error_code"], errors.NONE)
+        self.assertEqual(storage.latest_offset("kafka/table/0"), 2)
+        h.broker.alter_topic_configs(h.broker.topics["table"], {"cleanup.policy": "delete"})
+        data = encode_batch([Record(None, b"2", (), 5)], 0)
+        pr = c.call(PRODUCE, 9, produce("table", data))["responses"][0]["partition_responses"][0]
+        self.assertEqual(pr["error_code"], errors.NONE)
 
 
 class ConfluentCompactionTests(RealBrokerTestCase):
