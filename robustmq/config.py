@@ -1051,7 +1051,8 @@ class KafkaRuntimeConfig(RuntimeConfig):
     compaction_max_keys: int = setting(
         Integer(minimum=1),
         "Keys one compaction pass of a partition maps at most (as Kafka's"
-        " log.cleaner.dedupe.buffer.size); the segments beyond wait for the next pass.",
+        " log.cleaner.dedupe.buffer.size; about 150 bytes of memory plus the key's"
+        " size each); the segments beyond wait for the next pass.",
         1000000,
     )
 

@@ -34,8 +34,6 @@ after its timestamp, then removed.
 import os
 import time
 
-from crc32c import crc32c
-
 from robustmq.storage.record import (
     COMPRESSION_MASK,
     CONTROL,
@@ -299,9 +297,3 @@ def rewrite(path, size, latest, horizon, throttle, segment, interval):
             os.close(fd)
     return tmp, removed
 
-
-def check_crc(batch):
-    """
-    Whether the CRC-32C of a batch matches (for tests and checks).
-    """
-    return crc32c(memoryview(batch)[21:]) == HEADER.unpack_from(batch)[4]
