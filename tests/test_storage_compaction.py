@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from crc32c import crc32c
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
@@ -216,6 +217,27 @@ class CompactionTests(CompactionTestsBase):
         self.assertLess(len(got), len(before))
         raw = m.read(SHARD, 1, 1)[0]
         self.assertEqual(bytes(raw), txn)
+
+    @defer.inlineCallbacks
+    def test_undecodable_batch_kept(self):
+        """
+        A batch whose records cannot be decoded (an unknown compression)
+        is kept as it is and replaces nothing; the pass does the rest.
+        """
+        yield self.open()
+        m = self.manager
+        m.create_shard(SHARD)
+        yield m.append(SHARD, [update(b"k0", b"first")])
+        odd = bytearray(encode_batch([update(b"k0", b"odd")], 1))
+        odd[22] |= 7  # compression code 7: unknown
+        odd[17:21] = crc32c(bytes(odd[21:])).to_bytes(4, "big")
+        yield self.driver.append_batch(SHARD, bytes(odd))
+        yield self.updates(100, keys=3)
+        yield m.compact_shard(SHARD, now=NOW)
+        # k0 at 0 is replaced by the later plain k0 updates: the first batch
+        # is now the undecodable one, byte for byte.
+        self.assertEqual(bytes(m.read(SHARD, 0, 1)[0]), bytes(odd))
+        self.assertLess(self.manager.size_bytes(SHARD), 100 * 60)
 
     @defer.inlineCallbacks
     def test_max_keys(self):

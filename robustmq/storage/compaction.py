@@ -23,7 +23,8 @@ leaves), its producer id, epoch and base sequence. Its records are stored
 uncompressed. A batch left with no record is dropped; a batch that loses
 nothing is copied as it is.
 
-What is never removed: records without a key; batches of transactional
+What is never removed: records without a key; batches whose records cannot
+be decoded (a compression this broker cannot read); batches of transactional
 producers and control batches (kept as they are, their keys do not replace
 earlier values), so the aborted-transaction index and read_committed
 fetches see the same offsets as before. A tombstone (a record with a null
@@ -34,6 +35,7 @@ after its timestamp, then removed.
 import os
 import time
 
+from robustmq.storage.errors import UnsupportedCompression
 from robustmq.storage.record import (
     COMPRESSION_MASK,
     CONTROL,
@@ -182,11 +184,15 @@ def key_map(inputs, max_keys, throttle):
             info = batch_info(batch)
             if _kept_aside(info.attributes):
                 continue
-            records = _records(batch, info)
-            next(records)
-            for offset, key, _, _, _, _ in records:
-                if key is not None:
-                    segment_keys[key] = offset
+            try:
+                records = _records(batch, info)
+                next(records)
+                found = [(key, offset) for offset, key, _, _, _, _ in records
+                         if key is not None]
+            except (InvalidBatch, UnsupportedCompression):
+                # Kept as it is by the rewrite, so it replaces nothing.
+                continue
+            segment_keys.update(found)
         merged = len(latest) + sum(1 for k in segment_keys if k not in latest)
         if merged > max_keys:
             break
@@ -253,7 +259,10 @@ def rewrite(path, size, latest, horizon, throttle, segment, interval):
             if _kept_aside(info.attributes):
                 new = batch
             else:
-                new = _filter(batch, info, latest, horizon)
+                try:
+                    new = _filter(batch, info, latest, horizon)
+                except (InvalidBatch, UnsupportedCompression):
+                    new = batch
             if new is None:
                 removed += len(batch)
                 continue
