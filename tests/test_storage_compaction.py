@@ -240,6 +240,26 @@ class CompactionTests(CompactionTestsBase):
         self.assertLess(self.manager.size_bytes(SHARD), 100 * 60)
 
     @defer.inlineCallbacks
+    def test_last_batch_of_producer_kept(self):
+        """
+        The last batch of each idempotent producer is kept whole (its
+        records replaced by later ones included); its earlier batches are
+        compacted.
+        """
+        yield self.open()
+        m = self.manager
+        m.create_shard(SHARD)
+        for seq in range(3):
+            base = m.latest_offset(SHARD)
+            data = encode_batch([update(b"k0", b"p%d" % seq)], base, producer_id=9,
+                                producer_epoch=0, base_sequence=seq)
+            yield self.driver.append_batch(SHARD, data)
+        last = data
+        yield self.updates(100, keys=3)
+        yield m.compact_shard(SHARD, now=NOW)
+        self.assertEqual(bytes(m.read(SHARD, 0, 1)[0]), last)
+
+    @defer.inlineCallbacks
     def test_max_keys(self):
         """
         A pass maps at most max_keys keys: the segments beyond wait.

@@ -23,7 +23,9 @@ leaves), its producer id, epoch and base sequence. Its records are stored
 uncompressed. A batch left with no record is dropped; a batch that loses
 nothing is copied as it is.
 
-What is never removed: records without a key; batches whose records cannot
+What is never removed: records without a key; the last batch of each
+idempotent producer (kept whole, so that the producer state rebuilt from
+the log after a crash has its last sequence); batches whose records cannot
 be decoded (a compression this broker cannot read); batches of transactional
 producers and control batches (kept as they are, their keys do not replace
 earlier values), so the aborted-transaction index and read_committed
@@ -172,18 +174,22 @@ def key_map(inputs, max_keys, throttle):
     @param inputs: C{(base, path, size)} of segments, oldest first.
     @param max_keys: the most keys mapped; the segments after the one
         where the map would grow beyond are left out.
-    @return: C{(map, count)}: the map and how many of C{inputs} it covers
-        (at least the first one that fits; 0 when even that one has more
-        keys).
+    @return: C{(map, count, last batches)}: the map, how many of C{inputs}
+        it covers (0 when even the first one has more keys), and the base
+        offsets of the last batch of each idempotent producer there.
     """
     latest = {}
     covered = 0
+    producers = {}
     for base, path, size in inputs:
         segment_keys = {}
+        segment_producers = {}
         for batch in _batches(path, size, throttle):
             info = batch_info(batch)
             if _kept_aside(info.attributes):
                 continue
+            if info.producer_id >= 0:
+                segment_producers[info.producer_id] = info.base_offset
             try:
                 records = _records(batch, info)
                 next(records)
@@ -197,8 +203,9 @@ def key_map(inputs, max_keys, throttle):
         if merged > max_keys:
             break
         latest.update(segment_keys)
+        producers.update(segment_producers)
         covered += 1
-    return latest, covered
+    return latest, covered, set(producers.values())
 
 
 def _filter(batch, info, latest, horizon):
@@ -238,11 +245,11 @@ def _write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
-def rewrite(path, size, latest, horizon, throttle, segment, interval):
+def rewrite(path, size, latest, horizon, throttle, segment, interval, whole=frozenset()):
     """
     Write the compacted copy of one segment to C{path + TMP_SUFFIX},
     noting each batch in C{segment} (a fresh L{Segment} for the indexes),
-    and fsync it.
+    and fsync it; the batches at the base offsets C{whole} are kept whole.
 
     @return: C{(tmp path, bytes removed)}, or C{(None, 0)} when the segment
         loses nothing (no file is written).
@@ -256,7 +263,7 @@ def rewrite(path, size, latest, horizon, throttle, segment, interval):
     try:
         for batch in _batches(path, size, throttle):
             info = batch_info(batch)
-            if _kept_aside(info.attributes):
+            if _kept_aside(info.attributes) or info.base_offset in whole:
                 new = batch
             else:
                 try:

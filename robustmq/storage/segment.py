@@ -485,12 +485,13 @@ def _compact_job(inputs, horizon, max_keys, rate, stop, interval):
         new file.
     """
     throttle = Throttle(rate, stop)
-    latest, covered = key_map(inputs, max_keys, throttle)
+    latest, covered, whole = key_map(inputs, max_keys, throttle)
     out = []
     try:
         for base, path, size in inputs[:covered]:
             fresh = Segment(None, base, path, None, 0)
-            tmp, removed = rewrite(path, size, latest, horizon, throttle, fresh, interval)
+            tmp, removed = rewrite(path, size, latest, horizon, throttle, fresh, interval,
+                                   whole)
             if tmp is not None:
                 offsets, times = fresh.encode_index()
                 index_path, time_path = fresh.index_paths()
