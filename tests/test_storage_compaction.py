@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from robustmq.storage import segment as segment_module
 from robustmq.storage.compaction import TMP_SUFFIX, Throttle
-from robustmq.storage.record import Record, batch_info, encode_batch
+from robustmq.storage.record import COMPRESSION_GZIP, Record, batch_info, encode_batch
 from robustmq.storage.segment import CLEAN_MARKER
 from robustmq.storage.manager import StorageDriverManager
 from tests import compaction_crash_child
@@ -258,6 +258,35 @@ class CompactionTests(CompactionTestsBase):
         yield self.updates(100, keys=3)
         yield m.compact_shard(SHARD, now=NOW)
         self.assertEqual(bytes(m.read(SHARD, 0, 1)[0]), last)
+
+    @defer.inlineCallbacks
+    def test_compressed_batches(self):
+        """
+        A gzip batch that loses records is rewritten uncompressed with the
+        records left, at their offsets; one that loses none stays as it
+        was.
+        """
+        yield self.open()
+        m = self.manager
+        m.create_shard(SHARD)
+        for n in range(40):
+            base = m.latest_offset(SHARD)
+            data = encode_batch(
+                [update(b"k%d" % ((base + i) % 7), (b"v%d" % (base + i)).ljust(60, b"."))
+                 for i in range(5)], base, COMPRESSION_GZIP)
+            yield self.driver.append_batch(SHARD, data)
+        yield self.driver._drain()
+        before = self.contents()
+        sealed_end = self.driver.shards[SHARD].active.base
+        yield m.compact_shard(SHARD, now=NOW)
+        self.assertCompacted(before, self.contents(), sealed_end)
+        kinds = set()
+        for batch in m.read(SHARD, 0, 10 ** 9):
+            info = batch_info(bytes(batch))
+            if info.base_offset < sealed_end:
+                kinds.add(info.compression)
+                self.assertEqual(info.last_offset_delta, 4)
+        self.assertIn(0, kinds)
 
     @defer.inlineCallbacks
     def test_max_keys(self):

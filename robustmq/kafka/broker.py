@@ -298,13 +298,9 @@ class KafkaBroker:
         [storage] are left to the driver).
         """
         sc = self.storage.config
-        if not s.delete:
-            # cleanup.policy compact alone: nothing is deleted by age or size.
-            return {"retention_bytes": -1, "retention_ms": -1,
-                    "segment_bytes": (None if s.segment_bytes == sc.segment_bytes
-                                      else s.segment_bytes),
-                    "segment_ms": None if s.segment_ms == sc.segment_ms else s.segment_ms}
-        return {"retention_bytes": s.retention_bytes, "retention_ms": s.retention_ms,
+        # cleanup.policy compact alone: nothing is deleted by age or size.
+        retention = (s.retention_bytes, s.retention_ms) if s.delete else (-1, -1)
+        return {"retention_bytes": retention[0], "retention_ms": retention[1],
                 "segment_bytes": (None if s.segment_bytes == sc.segment_bytes
                                   else s.segment_bytes),
                 "segment_ms": None if s.segment_ms == sc.segment_ms else s.segment_ms}

@@ -251,8 +251,9 @@ def rewrite(path, size, latest, horizon, throttle, segment, interval, whole=froz
     noting each batch in C{segment} (a fresh L{Segment} for the indexes),
     and fsync it; the batches at the base offsets C{whole} are kept whole.
 
-    @return: C{(tmp path, bytes removed)}, or C{(None, 0)} when the segment
-        loses nothing (no file is written).
+    @return: C{(tmp path, bytes removed)} (fewer than 0 when compressed
+        batches that lost records grew once stored uncompressed), or
+        C{(None, 0)} when the segment loses nothing (no file is written).
     """
     tmp = path + TMP_SUFFIX
     fd = None
@@ -260,6 +261,7 @@ def rewrite(path, size, latest, horizon, throttle, segment, interval, whole=froz
     out_size = 0
     pos = 0
     removed = 0
+    changed = False
     try:
         for batch in _batches(path, size, throttle):
             info = batch_info(batch)
@@ -270,6 +272,8 @@ def rewrite(path, size, latest, horizon, throttle, segment, interval, whole=froz
                     new = _filter(batch, info, latest, horizon)
                 except (InvalidBatch, UnsupportedCompression):
                     new = batch
+            if new is not batch:
+                changed = True
             if new is None:
                 removed += len(batch)
                 continue
@@ -287,7 +291,7 @@ def rewrite(path, size, latest, horizon, throttle, segment, interval, whole=froz
                 throttle(len(data))
                 out = []
                 out_size = 0
-        if not removed:
+        if not changed:
             if fd is not None:
                 os.close(fd)
                 fd = None
