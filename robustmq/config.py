@@ -1036,6 +1036,25 @@ class KafkaRuntimeConfig(RuntimeConfig):
         " forgotten.",
         604800000,
     )
+    compaction_interval_ms: int = setting(
+        Integer(minimum=100),
+        "Milliseconds between two log compaction passes over the partitions of topics"
+        " with cleanup.policy compact (as Kafka's log.cleaner.backoff.ms).",
+        15000,
+    )
+    compaction_max_bytes_per_s: int = setting(
+        Integer(minimum=0),
+        "Bytes per second a compaction pass reads and writes at most (as Kafka's"
+        " log.cleaner.io.max.bytes.per.second); 0 = no limit.",
+        52428800,
+    )
+    compaction_max_keys: int = setting(
+        Integer(minimum=1),
+        "Keys one compaction pass of a partition maps at most (as Kafka's"
+        " log.cleaner.dedupe.buffer.size; about 150 bytes of memory plus the key's"
+        " size each); the segments beyond wait for the next pass.",
+        1000000,
+    )
 
 
 @frozen(kw_only=True)

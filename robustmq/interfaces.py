@@ -411,6 +411,16 @@ class IStorageDriverManager(Interface):
         @return: a Deferred firing once the settings are kept.
         """
 
+    def compact_shard(shard, **options):
+        """
+        Run a log compaction pass over C{shard} (options C{min_lag_ms},
+        C{delete_retention_ms}, C{max_keys}, C{max_bytes_per_s}): keep the
+        latest record of each key of its sealed segments, offsets kept.
+
+        @return: a Deferred firing with C{(segments rewritten, segments
+            removed, bytes removed)}, or L{None} when no pass ran.
+        """
+
 
 class IOffsetManager(Interface):
     """

@@ -131,8 +131,7 @@ class DefinitionTests(SynchronousTestCase):
             ([("max.message.bytes", str(2 ** 31))], "32-bit"),
             ([("message.timestamp.type", "createtime")], "CreateTime"),
             ([("cleanup.policy", "delete,shred")], "delete and compact"),
-            ([("cleanup.policy", "compact")], "log compaction is not supported yet"),
-            ([("cleanup.policy", "compact,delete")], "log compaction is not supported yet"),
+            ([("cleanup.policy", "")], "delete and compact"),
             ([("min.insync.replicas", "0")], "at least 1"),
             ([("segment.ms", None)], "Null value"),
             ([("leader.replication.throttled.replicas", "0:1,x")], "PartitionId"),
@@ -141,6 +140,15 @@ class DefinitionTests(SynchronousTestCase):
             self.assertEqual(code, errors.INVALID_CONFIG, pairs)
             self.assertIn(words, message)
             self.assertIsNone(clean)
+
+    def test_compact_accepted(self):
+        """
+        cleanup.policy compact, alone or with delete, is a valid config.
+        """
+        for value in ("compact", "compact,delete", "delete,compact"):
+            code, message, clean = check_topic_configs([("cleanup.policy", value)])
+            self.assertEqual((code, message), (errors.NONE, None))
+            self.assertEqual(clean, {"cleanup.policy": value})
 
     def test_incremental(self):
         defs = TOPIC_CONFIGS
@@ -236,13 +244,13 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_create_topics_checks_configs(self):
         """
-        An unknown config name, an invalid value and compact are
-        INVALID_CONFIG and create nothing; validate_only checks and
+        An unknown config name and an invalid value are INVALID_CONFIG
+        and create nothing; validate_only checks and
         creates nothing; the created topic lists its configs.
         """
         for configs, words in (([("retention.mss", "1")], "Unknown topic config"),
                                ([("retention.ms", "x")], "retention.ms"),
-                               ([("cleanup.policy", "compact")], "compaction")):
+                               ([("cleanup.policy", "shred")], "delete and compact")):
             t = self.c.call(CREATE_TOPICS, 7, create("t", configs))["topics"][0]
             self.assertEqual(t["error_code"], errors.INVALID_CONFIG)
             self.assertIn(words, t["error_message"])
@@ -281,7 +289,8 @@ class ProtocolTests(SynchronousTestCase):
              errors.UNKNOWN_TOPIC_OR_PARTITION),
             (alter([(TOPIC, "t", [("retention.ms", None)])]), errors.INVALID_REQUEST),
             (alter([(TOPIC, "t", []), (TOPIC, "t", [])]), errors.INVALID_REQUEST),
-            (alter([(TOPIC, "t", [("cleanup.policy", "compact")])]), errors.INVALID_CONFIG),
+            (alter([(TOPIC, "t", [("cleanup.policy", "compact,shred")])]),
+             errors.INVALID_CONFIG),
         ):
             r = self.c.call(ALTER_CONFIGS, 2, req)
             self.assertEqual(r["responses"][0]["error_code"], code, req)
@@ -420,8 +429,9 @@ class ProtocolTests(SynchronousTestCase):
 
     def test_topic_stored_with_compact(self):
         """
-        A topic an earlier version stored with cleanup.policy compact loads
-        (with a warning); an IncrementalAlterConfigs of it must drop compact.
+        A topic stored with cleanup.policy compact loads as a compacted
+        topic: its shards keep everything by age and size, and
+        IncrementalAlterConfigs of it works.
         """
         meta = MemoryMeta()
         meta.put("kafka.topics", "old", {"id": "00" * 16, "partitions": 1,
@@ -429,14 +439,16 @@ class ProtocolTests(SynchronousTestCase):
         h = Harness([], meta=meta)
         c = h.client("a")
         self.assertEqual(h.broker.topics["old"].configs, {"cleanup.policy": "compact"})
-        r = c.call(INCREMENTAL_ALTER_CONFIGS, 1, incremental_body(
-            [(TOPIC, "old", [("retention.ms", OP_SET, "1000")])]))
-        self.assertEqual(r["responses"][0]["error_code"], errors.INVALID_CONFIG)
+        self.assertTrue(h.broker.topics["old"].settings.compact)
+        settings = h.broker.storage.shard_settings("kafka/old/0")
+        self.assertEqual((settings["retention_ms"], settings["retention_bytes"]), (-1, -1))
         r = c.call(INCREMENTAL_ALTER_CONFIGS, 1, incremental_body(
             [(TOPIC, "old", [("retention.ms", OP_SET, "1000"),
-                             ("cleanup.policy", OP_DELETE, None)])]))
+                             ("cleanup.policy", OP_APPEND, "delete")])]))
         self.assertEqual(r["responses"][0]["error_code"], errors.NONE)
-        self.assertEqual(h.broker.topics["old"].configs, {"retention.ms": "1000"})
+        self.assertEqual(h.broker.topics["old"].configs,
+                         {"retention.ms": "1000", "cleanup.policy": "compact,delete"})
+        self.assertEqual(h.broker.storage.shard_settings("kafka/old/0")["retention_ms"], 1000)
 
     def test_configs_survive_reload(self):
         meta = MemoryMeta()
@@ -476,7 +488,7 @@ class ConfluentAdminTests(_ConfluentCase):
     def test_create_alter_describe(self):
         """
         confluent-kafka's AdminClient: create_topics with configs (an
-        unknown name and compact refused, validate_only creating nothing),
+        unknown name refused, compact accepted, validate_only creating nothing),
         alter_configs, incremental_alter_configs on a topic and the broker,
         describe_configs with synonyms and documentation.
         """
@@ -535,8 +547,7 @@ class ConfluentAdminTests(_ConfluentCase):
         err = confluent_kafka.KafkaError
         self.assertEqual(out["bad"][0], err.INVALID_CONFIG)
         self.assertIn("Unknown topic config name: retention.mss", out["bad"][1])
-        self.assertEqual(out["compacted"][0], err.INVALID_CONFIG)
-        self.assertIn("log compaction is not supported yet", out["compacted"][1])
+        self.assertIsNone(out["compacted"])
         self.assertFalse(out["dry exists"])
         # AlterConfigs replaced the set: retention.ms and flush.messages are
         # back to their defaults.

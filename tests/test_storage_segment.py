@@ -559,8 +559,8 @@ class RecoveryTests(SegmentTestsBase):
     @defer.inlineCallbacks
     def test_corrupt_sealed_segment_end(self):
         """
-        A damaged last batch of a sealed segment is cut: its offsets are
-        missing (logged as an error), the rest reads on.
+        A damaged last batch of a sealed segment is cut (logged): its
+        offsets are missing, the rest reads on.
         """
         yield self.written()
         with open(self.paths[1], "r+b") as f:

@@ -14,7 +14,7 @@ import os
 import re
 import uuid
 
-from twisted.internet.defer import gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -195,6 +195,9 @@ class KafkaBroker:
         self.txn = TransactionCoordinator(self)
         self.groups = None
         self._snapshot_loop = None
+        self._compaction_loop = None
+        #: The compaction passes of the current round (L{compact}), or L{None}.
+        self._compacting = None
         self.acl = KafkaAcl(params.authorizer, params.meta, params.config.max_acls)
         self.configs = BrokerConfigs(params.meta, self.node_id, params.config,
                                      params.storage.config)
@@ -233,11 +236,6 @@ class KafkaBroker:
                                topic=name, value=value)
                 continue
             self._add_topic(topic, count)
-            if "compact" in str(topic.configs.get("cleanup.policy", "")):
-                self.log.warn(
-                    "kafka: topic {topic} has cleanup.policy={policy}: log compaction is not"
-                    " supported yet, its data is kept by retention only",
-                    topic=name, policy=topic.configs["cleanup.policy"])
         self.producers.load()
         self.txn.load()
         self.acl.load()
@@ -246,6 +244,9 @@ class KafkaBroker:
         self._snapshot_loop = LoopingCall(self.producers.save)
         self._snapshot_loop.clock = self.reactor
         self._snapshot_loop.start(5.0, now=False)
+        self._compaction_loop = LoopingCall(self.compact)
+        self._compaction_loop.clock = self.reactor
+        self._compaction_loop.start(self.config.compaction_interval_ms / 1000.0, now=False)
 
     def flush(self):
         """
@@ -254,6 +255,8 @@ class KafkaBroker:
         """
         if self._snapshot_loop is not None and self._snapshot_loop.running:
             self._snapshot_loop.stop()
+        if self._compaction_loop is not None and self._compaction_loop.running:
+            self._compaction_loop.stop()
         if self._trim_call is not None and self._trim_call.active():
             self._trim_call.cancel()
         self._trim_call = None
@@ -295,7 +298,9 @@ class KafkaBroker:
         [storage] are left to the driver).
         """
         sc = self.storage.config
-        return {"retention_bytes": s.retention_bytes, "retention_ms": s.retention_ms,
+        # cleanup.policy compact alone: nothing is deleted by age or size.
+        retention = (s.retention_bytes, s.retention_ms) if s.delete else (-1, -1)
+        return {"retention_bytes": retention[0], "retention_ms": retention[1],
                 "segment_bytes": (None if s.segment_bytes == sc.segment_bytes
                                   else s.segment_bytes),
                 "segment_ms": None if s.segment_ms == sc.segment_ms else s.segment_ms}
@@ -312,6 +317,52 @@ class KafkaBroker:
                 d = storage.configure_shard(p.shard, **wanted)
                 d.addErrback(lambda f, shard=p.shard: self.log.failure(
                     "kafka: cannot apply the configs of {shard}", f, shard=shard))
+
+    def compact(self):
+        """
+        One round of log compaction: a pass over each partition of the
+        topics with cleanup.policy compact, one partition after the other
+        (each pass reads and writes in the storage thread pool).
+
+        @return: a Deferred firing when the round is done (at once when one
+            runs already).
+        """
+        if self._compacting is not None:
+            return succeed(None)
+        shards = []
+        for topic in list(self.topics.values()):
+            s = topic.settings if topic.settings is not None else self._resolve(topic)
+            if s.compact:
+                shards.extend((p.shard, s) for p in topic.partitions)
+        if not shards:
+            return succeed(None)
+        config = self.config
+        done = Deferred()
+        self._compacting = done
+
+        def step(_=None):
+            while shards:
+                shard, s = shards.pop(0)
+                if not self.storage.has_shard(shard):
+                    continue
+                d = self.storage.compact_shard(
+                    shard, min_lag_ms=s.min_compaction_lag_ms,
+                    delete_retention_ms=s.delete_retention_ms,
+                    max_keys=config.compaction_max_keys,
+                    max_bytes_per_s=config.compaction_max_bytes_per_s)
+                d.addErrback(lambda f, shard=shard: self.log.failure(
+                    "kafka: log compaction of {shard} failed", f, shard=shard))
+                fired = []
+                d.addCallback(fired.append)
+                if fired:
+                    continue
+                d.addCallback(step)
+                return
+            self._compacting = None
+            done.callback(None)
+
+        step()
+        return done
 
     def apply_configs(self, topic):
         """

@@ -43,9 +43,6 @@ INT_MAX = 2 ** 31 - 1
 #: default.
 BROKER_CONFIGS_NS = "kafka.broker_configs"
 
-COMPACT_REFUSED = "log compaction is not supported yet"
-
-
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _DECIMAL = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
 
@@ -181,8 +178,8 @@ def _gzip_level(v):
 _ALL = (
     ConfigDef("cleanup.policy", LIST, "delete", "log.cleanup.policy", _cleanup_policy,
               'A list of "delete" and "compact": how old log segments are retained. "delete"'
-              " discards segments beyond the retention time or size; \"compact\" (log"
-              " compaction) is not supported by this broker yet.", True),
+              " discards segments beyond the retention time or size; \"compact\" keeps the"
+              " latest record of each key (log compaction).", True),
     ConfigDef("compression.type", STRING, "producer", "compression.type",
               _one_of("uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"),
               "The final compression type of the topic's data; batches are stored as the"
@@ -196,8 +193,8 @@ _ALL = (
               "The compression level of zstd when compression.type is zstd."),
     ConfigDef("delete.retention.ms", LONG, "86400000", "log.cleaner.delete.retention.ms",
               _at_least(0),
-              "How long delete tombstone markers are kept in compacted topics (stored; log"
-              " compaction is not supported yet).", True),
+              "How long delete tombstone markers are kept in compacted topics (here: after"
+              " the tombstone's timestamp).", True),
     ConfigDef("file.delete.delay.ms", LONG, "60000", "log.segment.delete.delay.ms",
               _at_least(0), "The time to wait before deleting a file from the filesystem."),
     ConfigDef("flush.messages", LONG, str(LONG_MAX), "log.flush.interval.messages",
@@ -249,8 +246,7 @@ _ALL = (
               _between(0, 1), "How dirty a compacted log must be before it is cleaned."),
     ConfigDef("min.compaction.lag.ms", LONG, "0", "log.cleaner.min.compaction.lag.ms",
               _at_least(0),
-              "The shortest time a record stays uncompacted (stored; log compaction is not"
-              " supported yet).", True),
+              "The shortest time a record stays uncompacted.", True),
     ConfigDef("min.insync.replicas", INT, "1", "min.insync.replicas", _at_least(1),
               "Replicas that must acknowledge an acks=all produce (stored; one node).", True),
     ConfigDef("preallocate", BOOLEAN, "false", "log.preallocate", None,
@@ -325,8 +321,6 @@ def topic_config_problem(name, value):
         parsed, _ = defn.parse(value)
     except ConfigValueError as e:
         return "Invalid value {} for configuration {}: {}".format(value, name, e)
-    if name == "cleanup.policy" and "compact" in parsed:
-        return COMPACT_REFUSED
     return None
 
 
@@ -364,7 +358,8 @@ class Settings:
     """
 
     __slots__ = ("retention_ms", "retention_bytes", "segment_bytes", "segment_ms",
-                 "max_message_bytes", "log_append_time", "before_ms", "after_ms")
+                 "max_message_bytes", "log_append_time", "before_ms", "after_ms",
+                 "compact", "delete", "min_compaction_lag_ms", "delete_retention_ms")
 
     def __eq__(self, other):
         return all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
@@ -452,6 +447,13 @@ class BrokerConfigs:
         # set lower.
         s.before_ms = min(before, difference)
         s.after_ms = min(after, difference)
+        policy = v(configs, "cleanup.policy")
+        if isinstance(policy, str):
+            policy = [item.strip() for item in policy.split(",")]
+        s.compact = "compact" in policy
+        s.delete = "delete" in policy
+        s.min_compaction_lag_ms = int(v(configs, "min.compaction.lag.ms"))
+        s.delete_retention_ms = int(v(configs, "delete.retention.ms"))
         return s
 
     # describing
@@ -517,12 +519,10 @@ class BrokerConfigs:
             if value is None:
                 continue
             try:
-                parsed, _ = _BROKER_DEFS[name].parse(value)
+                _BROKER_DEFS[name].parse(value)
             except ConfigValueError as e:
                 return errors.INVALID_CONFIG, "Invalid value {} for configuration {}: {}".format(
                     value, name, e)
-            if name == "log.cleanup.policy" and "compact" in parsed:
-                return errors.INVALID_CONFIG, COMPACT_REFUSED
         return errors.NONE, None
 
     def scope_of(self, resource_name):
@@ -637,18 +637,20 @@ class ProduceCheck:
     """
     What a produce to a topic does beyond the checks every topic gets: the
     timestamp bounds of CreateTime, the broker's stamp of LogAppendTime, the
-    segment size limit of one append. A topic that needs none of it has no
+    segment size limit of one append, a key in every record of a compacted
+    topic. A topic that needs none of it has no
     ProduceCheck (L{for_settings} returns L{None}), so its produce path pays
     one attribute test.
     """
 
-    __slots__ = ("log_append_time", "before_ms", "after_ms", "segment_bytes")
+    __slots__ = ("log_append_time", "before_ms", "after_ms", "segment_bytes", "compact")
 
-    def __init__(self, log_append_time, before_ms, after_ms, segment_bytes):
+    def __init__(self, log_append_time, before_ms, after_ms, segment_bytes, compact=False):
         self.log_append_time = log_append_time
         self.before_ms = before_ms
         self.after_ms = after_ms
         self.segment_bytes = segment_bytes
+        self.compact = compact
 
     @classmethod
     def for_settings(cls, s, segment_bytes):
@@ -659,17 +661,21 @@ class ProduceCheck:
             topic or dynamic broker config sets it), or L{None}.
         """
         if (not s.log_append_time and s.before_ms >= LONG_MAX and s.after_ms >= LONG_MAX
-                and segment_bytes is None):
+                and segment_bytes is None and not s.compact):
             return None
-        return cls(s.log_append_time, s.before_ms, s.after_ms, segment_bytes)
+        return cls(s.log_append_time, s.before_ms, s.after_ms, segment_bytes, s.compact)
 
-    def apply(self, data, now_ms):
+    def apply(self, data, now_ms, partition=None):
         """
         Check (and with LogAppendTime, stamp) the record batches C{data}
         of one partition, whose framing was checked.
 
         With CreateTime and timestamp bounds every record is decoded and
-        checked, as Kafka does.
+        checked, as Kafka does; so is every record of a compacted topic,
+        which must have a key (INVALID_RECORD, the records without one in
+        the record errors).
+
+        @param partition: C{(topic name, index)}, for error messages.
 
         @return: C{(error code, message, data to store, log append time,
             record errors)}: C{data} is a stamped copy with LogAppendTime;
@@ -682,6 +688,10 @@ class ProduceCheck:
                     "Message batch size is {} bytes in append to a partition, which exceeds"
                     " the maximum configured segment size of {}.".format(
                         size, self.segment_bytes), None, -1, [])
+        if self.compact:
+            refused = self._keyless(data, size, partition)
+            if refused is not None:
+                return refused
         if self.log_append_time:
             out = bytearray(data)
             pos = 0
@@ -718,3 +728,30 @@ class ProduceCheck:
                     "One or more records have been rejected due to invalid timestamp", None,
                     -1, bad)
         return errors.NONE, None, data, -1, []
+
+    @staticmethod
+    def _keyless(data, size, partition):
+        """
+        The refusal of batches holding a record without a key (as Kafka
+        answers for a compacted topic), or L{None}.
+        """
+        pos = 0
+        bad = []
+        where = "{}-{}".format(*partition) if partition is not None else "a compacted topic"
+        message = "Compacted topic cannot accept message without key in topic partition {}.".format(
+            where)
+        while pos < size:
+            length = _LENGTH.unpack_from(data, pos + 8)[0] + 12
+            try:
+                records = decode_batch(data, pos)
+            except UnsupportedCompression as e:
+                return errors.UNSUPPORTED_COMPRESSION_TYPE, str(e), None, -1, []
+            except InvalidBatch as e:
+                return errors.CORRUPT_MESSAGE, str(e), None, -1, []
+            for index, (_, record) in enumerate(records):
+                if record.key is None:
+                    bad.append({"batch_index": index, "batch_index_error_message": message})
+            pos += length
+        if bad:
+            return errors.INVALID_RECORD, message, None, -1, bad
+        return None

@@ -624,7 +624,8 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, ScramHandlers, FramedProtocol
                 if check is not None:
                     if now is None:
                         now = int(self.reactor.seconds() * 1000)
-                    code, message, data, pr["log_append_time_ms"], bad = check.apply(data, now)
+                    code, message, data, pr["log_append_time_ms"], bad = check.apply(
+                        data, now, (topic.name, index))
                     if code:
                         pr["error_code"] = code
                         pr["error_message"] = message

@@ -331,6 +331,21 @@ class StorageDriverManager:
             return fail(UnknownShard("no shard {!r}".format(shard)))
         return driver.configure(shard, **settings)
 
+    def compact_shard(self, shard, **options):
+        """
+        Run a log compaction pass over C{shard}: keep the latest record of
+        each key in its sealed segments (options: C{min_lag_ms},
+        C{delete_retention_ms}, C{max_keys}, C{max_bytes_per_s}; see
+        L{robustmq.storage.segment.SegmentDriver.compact}).
+
+        @return: a Deferred firing with C{(segments rewritten, segments
+            removed, bytes removed)}, or L{None} when no pass ran.
+        """
+        driver = self._shards.get(shard)
+        if driver is None:
+            return fail(UnknownShard("no shard {!r}".format(shard)))
+        return driver.compact(shard, **options)
+
     def apply_retention(self):
         """
         Delete what is beyond the retention limits, in every shard.

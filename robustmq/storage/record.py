@@ -331,17 +331,20 @@ def _encode_records(records):
 def _pack_batch(
     data, attributes, count, first_ts, max_ts, base_offset=0,
     producer_id=-1, producer_epoch=-1, base_sequence=-1, partition_leader_epoch=-1,
+    last_offset_delta=None,
 ):
     """
     A whole batch: the header, with its CRC-32C, before the records
     section C{data} (compressed as C{attributes} say).
 
-    @param count: the number of records; the last offset delta is
-        C{count - 1}.
+    @param count: the number of records.
+    @param last_offset_delta: L{None} for C{count - 1}; a compacted batch
+        keeps the one of the batch it comes from.
     @rtype: L{bytes}
     """
     tail = _TAIL.pack(
-        attributes, count - 1, first_ts, max_ts,
+        attributes, count - 1 if last_offset_delta is None else last_offset_delta,
+        first_ts, max_ts,
         producer_id, producer_epoch, base_sequence, count,
     )
     crc = crc32c(data, crc32c(tail))
@@ -577,23 +580,17 @@ def _unsnappy(data, limit):
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def decode_batch(buf, offset=0):
+def records_section(buf, offset, info):
     """
-    Decode the batch at C{offset} of C{buf} into its records; the CRC is
-    not checked here (see L{validate_batch}).
+    The records section of the batch at C{offset} of C{buf} (with header
+    C{info}), decompressed.
 
-    The batch may be uncompressed or compressed with gzip, snappy (raw or
-    xerial-framed), LZ4 or zstd; its records section may decompress to at
-    most L{MAX_DECOMPRESSED_BYTES}.
-
-    Records of a LogAppendTime batch get the batch's max timestamp.
-
-    @return: a list of C{(offset, Record)}.
+    @return: C{(data, start, stop)}: the records are C{data[start:stop]}.
     @raise InvalidBatch: when the bytes do not hold a valid batch, the
-        compressed data is bad or decompresses to more than the bound.
+        compressed data is bad or decompresses to more than
+        L{MAX_DECOMPRESSED_BYTES}.
     @raise UnsupportedCompression: for a compression code above 4.
     """
-    info = batch_info(buf, offset)
     if info.magic != MAGIC:
         raise InvalidBatch("unsupported batch magic {}".format(info.magic))
     end = offset + info.length
@@ -622,6 +619,27 @@ def decode_batch(buf, offset=0):
         pos, stop = 0, len(data)
     else:
         raise UnsupportedCompression("unknown compression codec {}".format(codec), codec)
+    return data, pos, stop
+
+
+def decode_batch(buf, offset=0):
+    """
+    Decode the batch at C{offset} of C{buf} into its records; the CRC is
+    not checked here (see L{validate_batch}).
+
+    The batch may be uncompressed or compressed with gzip, snappy (raw or
+    xerial-framed), LZ4 or zstd; its records section may decompress to at
+    most L{MAX_DECOMPRESSED_BYTES}.
+
+    Records of a LogAppendTime batch get the batch's max timestamp.
+
+    @return: a list of C{(offset, Record)}.
+    @raise InvalidBatch: when the bytes do not hold a valid batch, the
+        compressed data is bad or decompresses to more than the bound.
+    @raise UnsupportedCompression: for a compression code above 4.
+    """
+    info = batch_info(buf, offset)
+    data, pos, stop = records_section(buf, offset, info)
     count = info.record_count
     if count < 0 or count > stop - pos:
         raise InvalidBatch("bad record count {}".format(count))

@@ -56,6 +56,7 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
+from robustmq.storage.compaction import TMP_SUFFIX, Throttle, key_map, rewrite
 from robustmq.storage.driver import Driver, now_ms
 from robustmq.storage.errors import ShardExists, StorageError
 from robustmq.storage.indexed import ShardBase
@@ -117,11 +118,12 @@ def _datasync(fd_or_path):
     return True
 
 
-def write_file_atomically(path, data, sync=True):
+def write_file_atomically(path, data, sync=True, tmp_suffix=".tmp"):
     """
-    Write C{data} to C{path} through a temporary file and a rename.
+    Write C{data} to C{path} through a temporary file and a rename
+    (C{tmp_suffix} "": straight to C{path}).
     """
-    tmp = path + ".tmp"
+    tmp = path + tmp_suffix
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
@@ -131,7 +133,8 @@ def write_file_atomically(path, data, sync=True):
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if tmp != path:
+        os.replace(tmp, path)
 
 
 class Segment:
@@ -353,7 +356,8 @@ def _scan(fd, segment, pos, size, interval):
             return "bad batch length {} at position {}".format(length, pos)
         if pos + length > size:
             return "torn batch at position {}: {} of {} bytes".format(pos, size - pos, length)
-        if base != expected:
+        if base < expected:
+            # Greater is a gap log compaction left.
             return "offset {} at position {} where {} was expected".format(base, pos, expected)
         if rel + length > len(buf):
             buf = os.pread(fd, max(_SCAN_CHUNK, length), pos)
@@ -470,6 +474,45 @@ def _make_shard_dirs(root, specs):
     return made
 
 
+def _compact_job(inputs, horizon, max_keys, rate, stop, interval):
+    """
+    In a thread: the compaction pass over sealed segments C{inputs}
+    (C{(base, path, size)}, oldest first); see
+    L{robustmq.storage.compaction}.
+
+    @return: C{(base, tmp path or None, bytes removed, Segment)} for each
+        segment the key map covered; the Segment holds the index of the
+        new file.
+    """
+    throttle = Throttle(rate, stop)
+    latest, covered, whole = key_map(inputs, max_keys, throttle)
+    out = []
+    try:
+        for base, path, size in inputs[:covered]:
+            fresh = Segment(None, base, path, None, 0)
+            tmp, removed = rewrite(path, size, latest, horizon, throttle, fresh, interval,
+                                   whole)
+            if tmp is not None:
+                offsets, times = fresh.encode_index()
+                index_path, time_path = fresh.index_paths()
+                write_file_atomically(index_path + TMP_SUFFIX, offsets, tmp_suffix="")
+                write_file_atomically(time_path + TMP_SUFFIX, times, tmp_suffix="")
+            out.append((base, tmp, removed, fresh))
+    except BaseException:
+        _unlink_job(_compaction_files(out))
+        raise
+    return out
+
+
+def _compaction_files(results):
+    files = []
+    for _, tmp, _, fresh in results:
+        if tmp is not None:
+            files.append(tmp)
+            files.extend(p + TMP_SUFFIX for p in fresh.index_paths())
+    return files
+
+
 class SegmentDriver(Driver):
     """
     Shards as directories of segment files.
@@ -508,6 +551,8 @@ class SegmentDriver(Driver):
         #: Shard names being created in the thread pool.
         self._creating = set()
         self._saves = 0
+        #: Names of the shards a compaction pass runs on.
+        self._compacting = set()
 
     # background jobs
 
@@ -690,16 +735,25 @@ class SegmentDriver(Driver):
         for k, base in enumerate(bases):
             tail = k == len(bases) - 1
             segment = self._recover_segment(shard, base, tail, clean, now, notes)
-            if segment.size == 0 and not tail:
+            if segment.size == 0 and not tail and shard.segments:
                 notes.append(("shard {!r}: removed the empty segment {}".format(name, base), None))
                 _unlink_job([segment.path] + list(segment.index_paths()))
                 continue
-            if shard.segments and shard.active.next_offset != base:
+            if shard.segments and shard.active.next_offset > base:
+                notes.append((
+                    "shard {!r}: segment {} overlaps the one before, which ends at {}".format(
+                        name, base, shard.active.next_offset
+                    ),
+                    "error",
+                ))
+            elif shard.segments and shard.active.next_offset < base:
+                # Log compaction leaves such gaps; a cut end (warned
+                # above) too.
                 notes.append((
                     "shard {!r}: offsets {}..{} are missing between segments".format(
                         name, shard.active.next_offset, base - 1
                     ),
-                    "error",
+                    None,
                 ))
             shard.add_segment(segment)
         if not shard.segments:
@@ -1279,6 +1333,130 @@ class SegmentDriver(Driver):
         }).encode("utf-8")
         self._saves += 1
         return self._run(None, _save_meta_job, shard.directory, meta, self._saves)
+
+    # compaction
+
+    def compact(self, name, min_lag_ms=0, delete_retention_ms=86400000,
+                max_keys=1000000, max_bytes_per_s=0, now=None):
+        """
+        Run a compaction pass over the sealed segments of shard C{name}
+        whose records are all older than C{min_lag_ms} (the active segment
+        is never touched): the reading and writing in the thread pool,
+        the swap of the new segments on the reactor thread in one step.
+
+        @param delete_retention_ms: how long after its timestamp a
+            tombstone is kept.
+        @param max_keys: the most keys of one pass (the segments beyond
+            wait for the next pass).
+        @param max_bytes_per_s: the rate the pass reads and writes at,
+            at most; 0 = no limit.
+        @return: a Deferred firing with C{(segments rewritten, segments
+            removed, bytes removed)}, or L{None} when the pass did not run
+            (one runs on the shard, or nothing is old enough).
+        """
+        try:
+            shard = self.get(name)
+        except Exception:
+            return fail()
+        if name in self._compacting or self.closing:
+            return succeed(None)
+        now = now_ms(self.reactor) if now is None else now
+        limit = now - min_lag_ms
+        chosen = []
+        for segment in shard.segments[:-1]:
+            if segment.dead or not (segment.sealed and segment.saved):
+                break
+            if not segment.size:
+                continue
+            if (segment.max_ts if segment.max_ts >= 0 else segment.last_write_ms) > limit:
+                break
+            chosen.append(segment)
+        if not chosen:
+            return succeed(None)
+        inputs = [(s.base, s.path, s.size) for s in chosen]
+        self._compacting.add(name)
+
+        def done(result):
+            self._compacting.discard(name)
+            if isinstance(result, Failure):
+                return result
+            return self._swap(shard, chosen, result)
+
+        return self._run(
+            done, _compact_job, inputs, now - delete_retention_ms, max_keys,
+            max_bytes_per_s, lambda: self.closing, self.interval,
+        )
+
+    def _swap(self, shard, chosen, results):
+        """
+        Put the segments a pass wrote in place of the old ones, oldest
+        first (so that a crash in between never brings back a value a
+        removed tombstone deleted), on the reactor thread.
+        """
+        if self.shards.get(shard.name) is not shard or self.closing:
+            self._background("removing compaction files", _unlink_job,
+                             _compaction_files(results))
+            return None
+        rewritten = dropped = removed_bytes = 0
+        leftovers = []
+        for k, (segment, result) in enumerate(zip(chosen, results)):
+            base, tmp, removed, fresh = result
+            if tmp is None:
+                continue
+            segments = shard.segments
+            try:
+                i = segments.index(segment)
+            except ValueError:
+                i = -1
+            if i < 0 or i == len(segments) - 1 or segment.dead:
+                leftovers.extend(_compaction_files([result]))
+                continue
+            index_path, time_path = segment.index_paths()
+            try:
+                if not fresh.size and i > 0:
+                    _unlink_job([segment.path, index_path, time_path, tmp,
+                                 index_path + TMP_SUFFIX, time_path + TMP_SUFFIX])
+                    del segments[i]
+                    del shard.bases[i]
+                    self._discard(segment)
+                    dropped += 1
+                else:
+                    # The first segment stays, even empty, so that the log
+                    # start offset does not move (a consumer behind it reads
+                    # on from the next record kept, as with Kafka).
+                    # The old index goes first: a crash before the new one
+                    # is in place leaves none, and recovery rebuilds it.
+                    _unlink_job([index_path, time_path])
+                    os.replace(tmp, segment.path)
+                    os.replace(index_path + TMP_SUFFIX, index_path)
+                    os.replace(time_path + TMP_SUFFIX, time_path)
+                    fresh.shard = shard
+                    fresh.sealed = True
+                    fresh.saved = True
+                    fresh.created_ms = segment.created_ms
+                    fresh.last_write_ms = segment.last_write_ms
+                    fresh.next_offset = segment.next_offset
+                    segments[i] = fresh
+                    self._discard(segment)
+                    rewritten += 1
+            except OSError as e:
+                self.log.error(
+                    "storage: compaction of shard {shard!r} stopped at segment {base}: {e}",
+                    shard=shard.name, base=base, e=e,
+                )
+                leftovers.extend(_compaction_files(results[k:]))
+                break
+            removed_bytes += removed
+        if leftovers:
+            self._background("removing compaction files", _unlink_job, leftovers)
+        if rewritten or dropped:
+            self._background("syncing a compacted shard", fsync_dir, shard.directory)
+            self.log.info(
+                "storage: compacted shard {shard!r}: {rewritten} segments rewritten,"
+                " {dropped} removed, {bytes} bytes removed",
+                shard=shard.name, rewritten=rewritten, dropped=dropped, bytes=removed_bytes,
+            )
+        return rewritten, dropped, removed_bytes
 
     # closing
 
