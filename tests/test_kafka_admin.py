@@ -335,3 +335,44 @@ class DescribeProducersTests(_ConfluentCase):
         self.assertGreaterEqual(active[0].last_timestamp, started)
         self.assertEqual(active[0].current_transaction_start_offset, -1)
         self.assertEqual(got[KTP("dp", 1)].active_producers, [])
+
+
+class TransactionsAdminTests(_ConfluentCase):
+    @inlineCallbacks
+    def test_kafka_python_describe_and_list_transactions(self):
+        """
+        kafka-python's describe_transactions and list_transactions show the
+        open transaction of a confluent-kafka transactional producer (its
+        producer id, state, timeout and partitions), and its state after
+        the commit.
+        """
+        if kafka_python is None:
+            raise self.skipTest("kafka-python is not installed")
+        from kafka.structs import TopicPartition as KTP
+
+        def scenario():
+            admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            admin.create_topics([NewTopic("tx", 1, 1)])["tx"].result(30)
+            producer = confluent_kafka.Producer({
+                "bootstrap.servers": self.bootstrap, "transactional.id": "tx-app",
+                "transaction.timeout.ms": 60000})
+            producer.init_transactions(30)
+            producer.begin_transaction()
+            producer.produce("tx", b"in flight")
+            producer.flush(30)
+            kadmin = kafka_python.KafkaAdminClient(bootstrap_servers=self.bootstrap)
+            open_ = kadmin.describe_transactions(["tx-app"])["tx-app"]
+            listed = [row for rows in kadmin.list_transactions().values() for row in rows]
+            producer.commit_transaction(30)
+            after = kadmin.describe_transactions(["tx-app"])["tx-app"]
+            kadmin.close()
+            return open_, listed, after
+
+        open_, listed, after = yield deferToThread(scenario)
+        self.assertEqual(str(getattr(open_.state, "value", open_.state)), "Ongoing")
+        self.assertEqual(open_.transaction_timeout_ms, 60000)
+        self.assertEqual(set(open_.topic_partitions), {KTP("tx", 0)})
+        self.assertEqual([(r.transactional_id, r.producer_id) for r in listed],
+                         [("tx-app", open_.producer_id)])
+        self.assertEqual(str(getattr(after.state, "value", after.state)), "CompleteCommit")
+        self.assertEqual(set(after.topic_partitions), set())
