@@ -386,3 +386,57 @@ class SlowReaderTests(RealBrokerTestCase):
             got = _values(_records(frame))
             self.assertEqual(got, values[:len(got)])
             self.assertGreater(len(got), 0)
+
+
+class FetchMaxBytesTests(RealBrokerTestCase):
+    """
+    KIP-74 as librdkafka relies on it: a response holds at most the
+    client's C{fetch.max.bytes} of records except for the first batch of
+    the first partition with data, so a consumer whose
+    C{receive.message.max.bytes} is just above C{fetch.max.bytes} reads
+    partitions full of batches of 600 KB without dropping its connection.
+    """
+
+    def test_confluent_one_mb_fetches(self):
+        if confluent_kafka is None:
+            raise self.skipTest("confluent-kafka is not installed")
+
+        def run():
+            from confluent_kafka import Consumer, Producer
+            from confluent_kafka.admin import AdminClient, NewTopic
+
+            from tests.test_kafka_clients import _consume_all
+
+            admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            admin.create_topics([NewTopic("kip74", 4, 1)])["kip74"].result(30)
+            producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 200,
+                                 "batch.size": 700000, "compression.type": "none"})
+            values = []
+            for p in range(4):
+                for i in range(12):
+                    value = (b"%d-%d-" % (p, i)).ljust(100000, b"x")
+                    values.append(value)
+                    producer.produce("kip74", value, partition=p)
+            producer.flush(30)
+            errors = []
+            consumer = Consumer({
+                "bootstrap.servers": self.bootstrap, "group.id": "kip74",
+                "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                "fetch.max.bytes": 1048576, "receive.message.max.bytes": 1048576 + 512,
+                "max.partition.fetch.bytes": 1048576,
+                "error_cb": lambda e: errors.append(str(e)),
+            })
+            consumer.subscribe(["kip74"])
+            try:
+                got = [m.value() for m in _consume_all(consumer, len(values), 60)]
+            finally:
+                consumer.close()
+            return sorted(values), sorted(got), errors
+
+        def check(result):
+            values, got, errors = result
+            self.assertEqual(len(got), len(values))
+            self.assertEqual(got, values)
+            self.assertEqual(errors, [])
+
+        return deferToThread(run).addCallback(check)
