@@ -26,7 +26,7 @@ from robustmq.amqp.service import AmqpService
 from robustmq.connections import ConnectionManager, DescriptorGuard, raise_fd_limit
 from robustmq.kafka.params import KafkaParams
 from robustmq.kafka.service import KafkaService
-from robustmq.metrics import Metrics
+from robustmq.metrics import Metrics, ReactorLagService
 from robustmq.mqtt.params import MqttParams
 from robustmq.mqtt.service import MqttService
 from robustmq.network.service import ListenError
@@ -89,6 +89,7 @@ class BrokerServer(MultiService):
 
         self.add_shared(self.storage_service)
         self.add_shared(AuthenticatorService(self.authenticator))
+        self.add_shared(ReactorLagService(reactor, self.metrics))
         self.admin = AdminService(AdminParams(
             reactor, config.admin, self.connections, self.node, self.metrics,
             self.shutdown, lambda: self.status, self.authenticator, config.security,

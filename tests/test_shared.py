@@ -11,7 +11,7 @@ from robustmq.connections import ConnectionInfo, ConnectionManager
 from robustmq.interfaces import (
     IConnectionInfo, IConnectionManager, IMetrics, INodeCache, IRateLimiter, IShutdown,
 )
-from robustmq.metrics import Metrics
+from robustmq.metrics import Metrics, ReactorLagService
 from robustmq.node import NodeCache
 from robustmq.ratelimit import RateLimiter
 from robustmq.shutdown import Shutdown
@@ -166,6 +166,31 @@ class MetricsTests(TestCase):
         for line in text.splitlines():
             if line and not line.startswith("#"):
                 self.assertTrue(line.startswith("robustmq_"), line)
+
+
+class ReactorLagTests(TestCase):
+    def test_lag_observed(self):
+        """
+        The probe observes how late each 10 ms tick fires: on time is 0, a
+        reactor busy for 0.3 s gives one tick 0.29 s late; stopping it
+        cancels its timer.
+        """
+        clock = Clock()
+        m = Metrics(ConnectionManager(clock, RateLimiter(clock)), NodeCache(1, 0.0))
+        service = ReactorLagService(clock, m)
+        service.startService()
+        for _ in range(5):
+            clock.advance(0.01)
+        clock.advance(0.3)
+        text = m.render()[0].decode()
+        self.assertIn("robustmq_reactor_lag_seconds_count 6.0", text)
+        self.assertIn('robustmq_reactor_lag_seconds_bucket{le="0.001"} 5.0', text)
+        self.assertIn('robustmq_reactor_lag_seconds_bucket{le="0.25"} 5.0', text)
+        self.assertIn('robustmq_reactor_lag_seconds_bucket{le="0.5"} 6.0', text)
+        sum_line = [l for l in text.splitlines() if l.startswith("robustmq_reactor_lag_seconds_sum")]
+        self.assertAlmostEqual(float(sum_line[0].split()[1]), 0.29, places=6)
+        service.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
 
 
 class ShutdownTests(TestCase):
