@@ -1007,7 +1007,8 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, ScramHandlers, FramedProtocol
     def _answer_when_stored(self, header, d, build):
         """
         The response built from the result of C{d}: at once when it has
-        fired, else later in this request's slot.
+        fired, else later in this request's slot (UNKNOWN_SERVER_ERROR,
+        logged, when C{d} fails).
         """
         done = []
         d.addCallback(done.append)
@@ -1016,7 +1017,8 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, ScramHandlers, FramedProtocol
         slot = self.open_slot(header)
 
         def failed(f):
-            self.log.failure("kafka: changing the ACLs failed", f)
+            self.log.failure("kafka: a {api} request failed", f,
+                             api=codec.api_name(header["request_api_key"]))
             return codec.error_response(header["request_api_key"],
                                         header["request_api_version"],
                                         errors.UNKNOWN_SERVER_ERROR)
@@ -1041,7 +1043,7 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, ScramHandlers, FramedProtocol
                 tid, body["transaction_timeout_ms"],
                 body["producer_id"] if version >= 3 else -1,
                 body["producer_epoch"] if version >= 3 else -1)
-            return self._txn_answer(header, d, lambda r: {
+            return self._answer_when_stored(header, d, lambda r: {
                 "throttle_time_ms": 0, "error_code": _fenced(r[0], version, 4),
                 "producer_id": r[1], "producer_epoch": r[2]})
         producers = self.broker.producers
@@ -1068,27 +1070,6 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, ScramHandlers, FramedProtocol
         return _LATER
 
     # transactions
-
-    def _txn_answer(self, header, d, build):
-        """
-        The response built from what C{d} fires with: at once when it has
-        fired, else later in this request's slot.
-        """
-        done = []
-        d.addCallback(done.append)
-        if done:
-            return build(done[0])
-        slot = self.open_slot(header)
-
-        def failed(f):
-            self.log.failure("kafka: transaction request failed", f)
-            return codec.error_response(header["request_api_key"],
-                                        header["request_api_version"],
-                                        errors.UNKNOWN_SERVER_ERROR)
-
-        d.addCallbacks(lambda _: build(done[0]), failed)
-        d.addCallback(lambda body: self.fill_slot(slot, body))
-        return _LATER
 
     def handle_add_partitions_to_txn(self, version, body, header):
         broker = self.broker
@@ -1126,20 +1107,20 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, ScramHandlers, FramedProtocol
         d = broker.txn.add_partitions(
             body["v3_and_below_transactional_id"], body["v3_and_below_producer_id"],
             body["v3_and_below_producer_epoch"], wanted)
-        return self._txn_answer(header, d, lambda r: build(_fenced(r[0], version, 2)))
+        return self._answer_when_stored(header, d, lambda r: build(_fenced(r[0], version, 2)))
 
     def handle_add_offsets_to_txn(self, version, body, header):
         if not self.allowed(READ, GROUP, body["group_id"]):
             return {"throttle_time_ms": 0, "error_code": errors.GROUP_AUTHORIZATION_FAILED}
         d = self.broker.txn.add_offsets(body["transactional_id"], body["producer_id"],
                                         body["producer_epoch"], body["group_id"])
-        return self._txn_answer(header, d, lambda r: {
+        return self._answer_when_stored(header, d, lambda r: {
             "throttle_time_ms": 0, "error_code": _fenced(r[0], version, 2)})
 
     def handle_end_txn(self, version, body, header):
         d = self.broker.txn.end(body["transactional_id"], body["producer_id"],
                                 body["producer_epoch"], body["committed"])
-        return self._txn_answer(header, d, lambda r: {
+        return self._answer_when_stored(header, d, lambda r: {
             "throttle_time_ms": 0, "error_code": _fenced(r[0], version, 2),
             "producer_id": -1, "producer_epoch": -1})
 
@@ -1187,7 +1168,7 @@ class KafkaProtocol(AdminHandlers, ConfigHandlers, ScramHandlers, FramedProtocol
 
         d = broker.txn.offset_commit(body["transactional_id"], body["producer_id"],
                                      body["producer_epoch"], group_id, commits)
-        return self._txn_answer(header, d, build)
+        return self._answer_when_stored(header, d, build)
 
     def _may_describe_transactions(self):
         # Transactional-id ACLs are not served: describing transactions
