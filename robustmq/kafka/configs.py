@@ -679,7 +679,7 @@ class ProduceCheck:
 
         @return: C{(error code, message, data to store, log append time,
             record errors)}: C{data} is a stamped copy with LogAppendTime;
-            the record errors (C{batch_index}: the record's offset delta)
+            the record errors (C{batch_index}: the record's index in its batch)
             name the records out of bounds.
         """
         size = len(data)
@@ -705,28 +705,21 @@ class ProduceCheck:
             return errors.NONE, None, out, now_ms, []
         low = now_ms - self.before_ms
         high = now_ms + self.after_ms
-        pos = 0
-        bad = []
-        while pos < size:
-            length = _LENGTH.unpack_from(data, pos + 8)[0] + 12
-            try:
-                records = decode_batch(data, pos)
-            except UnsupportedCompression as e:
-                return errors.UNSUPPORTED_COMPRESSION_TYPE, str(e), None, -1, []
-            except InvalidBatch as e:
-                return errors.CORRUPT_MESSAGE, str(e), None, -1, []
-            for index, record in records:
-                ts = record.timestamp_ms
-                if ts >= 0 and not low <= ts <= high:
-                    bad.append({
-                        "batch_index": index, "batch_index_error_message":
-                        "Timestamp {} of message with offset {} is out of range. The"
-                        " timestamp should be within [{}, {}]".format(ts, index, low, high)})
-            pos += length
-        if bad:
+
+        def out_of_range(index, offset, record):
+            ts = record.timestamp_ms
+            if ts >= 0 and not low <= ts <= high:
+                return ("Timestamp {} of message with offset {} is out of range. The"
+                        " timestamp should be within [{}, {}]".format(ts, offset, low, high))
+            return None
+
+        found = _record_errors(data, size, out_of_range)
+        if isinstance(found, tuple):
+            return found
+        if found:
             return (errors.INVALID_TIMESTAMP,
                     "One or more records have been rejected due to invalid timestamp", None,
-                    -1, bad)
+                    -1, found)
         return errors.NONE, None, data, -1, []
 
     @staticmethod
@@ -735,23 +728,39 @@ class ProduceCheck:
         The refusal of batches holding a record without a key (as Kafka
         answers for a compacted topic), or L{None}.
         """
-        pos = 0
-        bad = []
         where = "{}-{}".format(*partition) if partition is not None else "a compacted topic"
         message = "Compacted topic cannot accept message without key in topic partition {}.".format(
             where)
-        while pos < size:
-            length = _LENGTH.unpack_from(data, pos + 8)[0] + 12
-            try:
-                records = decode_batch(data, pos)
-            except UnsupportedCompression as e:
-                return errors.UNSUPPORTED_COMPRESSION_TYPE, str(e), None, -1, []
-            except InvalidBatch as e:
-                return errors.CORRUPT_MESSAGE, str(e), None, -1, []
-            for index, (_, record) in enumerate(records):
-                if record.key is None:
-                    bad.append({"batch_index": index, "batch_index_error_message": message})
-            pos += length
-        if bad:
-            return errors.INVALID_RECORD, message, None, -1, bad
+        found = _record_errors(
+            data, size, lambda index, offset, record: message if record.key is None else None)
+        if isinstance(found, tuple):
+            return found
+        if found:
+            return errors.INVALID_RECORD, message, None, -1, found
         return None
+
+
+def _record_errors(data, size, message_of):
+    """
+    The record errors of the batches in C{data}: C{message_of(index in its
+    batch, offset, record)} says what is wrong with a record, or L{None}.
+
+    @return: the list of C{record_errors} entries, or the refusal tuple of
+        a batch that cannot be decoded.
+    """
+    pos = 0
+    bad = []
+    while pos < size:
+        length = _LENGTH.unpack_from(data, pos + 8)[0] + 12
+        try:
+            records = decode_batch(data, pos)
+        except UnsupportedCompression as e:
+            return errors.UNSUPPORTED_COMPRESSION_TYPE, str(e), None, -1, []
+        except InvalidBatch as e:
+            return errors.CORRUPT_MESSAGE, str(e), None, -1, []
+        for index, (offset, record) in enumerate(records):
+            message = message_of(index, offset, record)
+            if message is not None:
+                bad.append({"batch_index": index, "batch_index_error_message": message})
+        pos += length
+    return bad
